@@ -1,0 +1,123 @@
+"""The hub: who listens to what, and synchronous fan-out.
+
+Theory of operation. A client connection (any wire protocol) is a `Subscriber`:
+an object with one method, `deliver(event, pattern)`. The hub maps channel names
+to the set of subscribers and glob patterns to theirs. `publish()` gives the
+event its stream id, then calls `deliver` on every interested subscriber and
+returns; it never awaits a client. A subscriber encodes the event with
+`event.frame(key, encoder)`, so the bytes for one wire format are produced once
+per event and shared by all its subscribers, then queues them on its own
+bounded buffer (see `tidings.wire.outbox`). A slow subscriber is cut off by its
+own connection; the hub never waits.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import orjson
+
+from tidings.event import Event
+from tidings.hub.patterns import GlobPattern
+
+
+class Subscriber(Protocol):
+    def deliver(self, event: Event, pattern: str | None) -> None:
+        """Queue `event` for the client; `pattern` is the glob that matched, if any.
+
+        Must not block and must not change the hub's subscriptions synchronously.
+        """
+
+
+class Hub:
+    __slots__ = ("_channels", "_matching", "_patterns", "next_id", "published")
+
+    def __init__(self, first_id: int = 1) -> None:
+        self._channels: dict[str, dict[Subscriber, None]] = {}
+        self._patterns: dict[str, tuple[GlobPattern, dict[Subscriber, None]]] = {}
+        # channel -> patterns that match it; rebuilt lazily whenever patterns change
+        self._matching: dict[str, tuple[str, ...]] = {}
+        #: id the next published event gets
+        self.next_id = first_id
+        self.published = 0
+
+    # -- subscriptions -------------------------------------------------------------------
+    def subscribe(self, sub: Subscriber, channel: str) -> None:
+        self._channels.setdefault(channel, {})[sub] = None
+
+    def unsubscribe(self, sub: Subscriber, channel: str) -> None:
+        subs = self._channels.get(channel)
+        if subs is not None:
+            subs.pop(sub, None)
+            if not subs:
+                del self._channels[channel]
+
+    def psubscribe(self, sub: Subscriber, pattern: str) -> None:
+        entry = self._patterns.get(pattern)
+        if entry is None:
+            entry = self._patterns[pattern] = (GlobPattern(pattern), {})
+            self._matching.clear()
+        entry[1][sub] = None
+
+    def punsubscribe(self, sub: Subscriber, pattern: str) -> None:
+        entry = self._patterns.get(pattern)
+        if entry is not None:
+            entry[1].pop(sub, None)
+            if not entry[1]:
+                del self._patterns[pattern]
+                self._matching.clear()
+
+    # -- introspection -------------------------------------------------------------------
+    def subscriber_count(self, channel: str) -> int:
+        """Exact subscribers of `channel` (pattern subscribers not counted, as in Redis)."""
+        return len(self._channels.get(channel, ()))
+
+    def channels(self) -> dict[str, int]:
+        return {name: len(subs) for name, subs in self._channels.items()}
+
+    def pattern_count(self) -> int:
+        return len(self._patterns)
+
+    # -- fan-out ---------------------------------------------------------------------------
+    def publish(self, channel: str, body: bytes) -> int:
+        """Deliver `body` on `channel` as-is; return the number of receivers."""
+        return self.dispatch(Event(self._take_id(), channel, body))
+
+    def publish_record(self, channel: str, fields: dict[str, Any]) -> Event:
+        """Deliver a database event: JSON object with `id` and `channel` first."""
+        event_id = self._take_id()
+        body = orjson.dumps({"id": event_id, "channel": channel, **fields})
+        event = Event(event_id, channel, body)
+        self.dispatch(event)
+        return event
+
+    def dispatch(self, event: Event) -> int:
+        self.published += 1
+        receivers = 0
+        subs = self._channels.get(event.channel)
+        if subs:
+            # a copy: delivery may close a connection whose cleanup edits the dict
+            for sub in tuple(subs):
+                sub.deliver(event, None)
+            receivers = len(subs)
+        if self._patterns:
+            for pattern in self._patterns_for(event.channel):
+                psubs = self._patterns[pattern][1]
+                for sub in tuple(psubs):
+                    sub.deliver(event, pattern)
+                receivers += len(psubs)
+        return receivers
+
+    def _take_id(self) -> int:
+        event_id = self.next_id
+        self.next_id = event_id + 1
+        return event_id
+
+    def _patterns_for(self, channel: str) -> tuple[str, ...]:
+        found = self._matching.get(channel)
+        if found is None:
+            if len(self._matching) > 65536:  # bound the cache on high-cardinality channels
+                self._matching.clear()
+            found = tuple(p for p, (glob, _) in self._patterns.items() if glob.matches(channel))
+            self._matching[channel] = found
+        return found

@@ -1,0 +1,1 @@
+"""The MySQL side: binlog replica connection, decoder, schema hints."""
