@@ -1,0 +1,159 @@
+"""The `tidings` command: serve | tail | doctor | demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from tidings import __version__
+from tidings.config import ConfigError, add_arguments, from_arguments, parse_hostport
+
+DESCRIPTION = """\
+tidings pushes every committed MySQL/MariaDB row change to subscribers the
+moment it commits. It reads the binary log as a replica and serves the Redis
+pub/sub protocol, so redis-cli and any Redis client library can SUBSCRIBE.
+
+Channels are DATABASE.TABLE (e.g. shop.orders); glob patterns such as shop.*
+work with PSUBSCRIBE. Each message is one JSON object:
+  {"id":17,"channel":"shop.orders","type":"insert","database":"shop",
+   "table":"orders","ts":1764190000,"gtid":"0-1-57","xid":940752,
+   "data":{"id":1,"customer_id":42,"total":"9.90"}}
+"""
+
+EPILOG = """\
+examples:
+  tidings doctor --mysql mysql://repl:secret@127.0.0.1:3306/
+  tidings serve  --mysql mysql://repl:secret@127.0.0.1:3306/ --resp 127.0.0.1:6380
+  redis-cli -p 6380 SUBSCRIBE shop.orders
+  tidings tail shop.orders 'shop.*'
+  tidings demo
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tidings",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tidings {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the daemon",
+        description="Read the binlog of --mysql and serve subscribers. Settings come from flags, "
+        "then TIDINGS_* environment variables, then the --config TOML file, then defaults.",
+    )
+    add_arguments(serve)
+
+    tail = sub.add_parser(
+        "tail",
+        help="subscribe and print events",
+        description="Subscribe to channels (globs such as 'shop.*' allowed) and print each event "
+        "on one line as it arrives.",
+    )
+    tail.add_argument("channels", nargs="+", metavar="CHANNEL")
+    tail.add_argument(
+        "--resp",
+        default="127.0.0.1:6380",
+        metavar="HOST:PORT",
+        help="the daemon's RESP listener (default 127.0.0.1:6380)",
+    )
+    tail.add_argument("--pretty", action="store_true", help="print each event as indented JSON")
+    tail.add_argument(
+        "--count",
+        type=int,
+        default=0,
+        metavar="N",
+        help="exit after N events (default: run until interrupted)",
+    )
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check a MySQL/MariaDB server's settings and grants",
+        description="Check everything tidings needs from the server (binlog on, ROW format, FULL "
+        "row image and metadata, server_id, GTIDs, grants, retention) and print the exact SQL or "
+        "config line that fixes each problem. Exit 0 when ready, 1 when something must be fixed, "
+        "2 when the server cannot be reached.",
+    )
+    doctor.add_argument(
+        "--mysql", required=True, metavar="URL", help="e.g. mysql://repl:secret@127.0.0.1:3306/"
+    )
+    doctor.add_argument(
+        "--allow-names-from-schema",
+        action="store_true",
+        help="accept binlog_row_metadata=MINIMAL (see `serve --names-from-schema`)",
+    )
+
+    demo = sub.add_parser(
+        "demo",
+        help="run a self-contained demo (private MariaDB, writer, live subscriber)",
+        description="Start a private MariaDB in a temporary directory, run tidings against it, "
+        "write sample orders and print what a subscriber receives. Needs mariadbd installed.",
+    )
+    demo.add_argument(
+        "--seconds", type=float, default=15.0, help="how long the writer runs (default 15)"
+    )
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from tidings.daemon import install_uvloop
+
+    try:
+        if args.command == "serve":
+            settings = from_arguments(args)
+            _setup_logging(settings.log_level)
+            from tidings.daemon import serve
+
+            install_uvloop()
+            asyncio.run(serve(settings))
+            return 0
+        if args.command == "tail":
+            from tidings.tail import tail
+
+            host, port = parse_hostport(args.resp)
+            install_uvloop()
+            return asyncio.run(
+                tail(host, port, args.channels, pretty=args.pretty, count=args.count)
+            )
+        if args.command == "doctor":
+            from tidings.source.doctor import run_doctor
+            from tidings.source.url import MySQLURL
+
+            url = MySQLURL.parse(args.mysql)
+            return asyncio.run(
+                run_doctor(url, sys.stdout, allow_names_from_schema=args.allow_names_from_schema)
+            )
+        if args.command == "demo":
+            _setup_logging("warning")
+            from tidings.demo import demo_main
+
+            return demo_main(args.seconds)
+    except (ConfigError, ValueError) as exc:
+        print(f"tidings: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except ConnectionError as exc:
+        print(f"tidings: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

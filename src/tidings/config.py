@@ -1,0 +1,192 @@
+"""One `Settings` object, from defaults < TOML file < TIDINGS_* environment < command-line flags.
+
+Every setting is declared once, as a dataclass field with its help text; the
+command-line flags and environment names are derived from the field names
+(`output_limit` -> `--output-limit`, `TIDINGS_OUTPUT_LIMIT`), so the three
+sources cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _opt(default: Any, help: str, *, kind: str = "", metavar: str | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "kind": kind, "metavar": metavar})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    mysql: str = _opt(
+        "",
+        "MySQL/MariaDB to read the binlog from, e.g. mysql://repl:secret@127.0.0.1:3306/ "
+        "(empty: no database source, pub/sub only)",
+        metavar="URL",
+    )
+    server_id: int = _opt(
+        4271,
+        "replica server_id tidings registers with; must differ from every other replica's",
+        metavar="N",
+    )
+    start: str = _opt(
+        "end",
+        "where to start reading: 'end' (current end of the binlog), a GTID position such as "
+        "'0-1-57', or FILE:POS such as 'mysql-bin.000003:4'",
+        metavar="POS",
+    )
+    names_from_schema: bool = _opt(
+        False,
+        "allow servers without binlog_row_metadata=FULL: take column names from "
+        "information_schema (can be wrong while replaying across ALTER TABLE)",
+    )
+    heartbeat: float = _opt(1.0, "seconds between binlog heartbeats when idle", metavar="S")
+    resp: str = _opt(
+        "127.0.0.1:6380",
+        "HOST:PORT for the Redis pub/sub protocol listener (empty: off)",
+        metavar="HOST:PORT",
+    )
+    allow_publish: bool = _opt(False, "accept PUBLISH from clients (off by default)")
+    max_bulk: int = _opt(
+        64 * 1024, "largest bulk string a client may send (bytes; k/M suffix ok)", kind="size"
+    )
+    output_limit: int = _opt(
+        1 << 20,
+        "pending output after which a slow subscriber is disconnected (bytes; k/M suffix ok)",
+        kind="size",
+    )
+    log_level: str = _opt("info", "debug, info, warning or error", metavar="LEVEL")
+
+    def __post_init__(self) -> None:
+        if self.resp:
+            parse_hostport(self.resp)
+        if not 1 <= self.server_id < 2**32:
+            raise ConfigError(f"server_id must be between 1 and 4294967295, not {self.server_id}")
+        if self.max_bulk < 1 or self.output_limit < 1024:
+            raise ConfigError("max_bulk must be >= 1 and output_limit >= 1024 bytes")
+        if self.heartbeat <= 0:
+            raise ConfigError("heartbeat must be > 0 seconds")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(
+                f"log_level must be debug, info, warning or error: {self.log_level!r}"
+            )
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)(i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    match = _SIZE.match(text)
+    if not match:
+        raise ConfigError(f"expected a size such as 65536, 64k or 1MiB, got {text!r}")
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match[2].lower()]
+    return int(match[1]) * scale
+
+
+def _coerce(name: str, kind: str, default: Any, value: Any) -> Any:
+    """Turn a TOML/env/flag value into the field's type, with an error naming the setting."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"expected true or false, got {value!r}")
+        if kind == "size":
+            return value if isinstance(value, int) else parse_size(str(value))
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        return str(value)
+    except (ValueError, ConfigError) as exc:
+        raise ConfigError(f"setting {name!r}: {exc}") from None
+
+
+def _defaults() -> dict[str, Any]:
+    return {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
+
+
+def load(
+    config_file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build Settings: defaults, then the TOML file, then TIDINGS_* variables, then `overrides`."""
+    known = {f.name: f for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"unknown setting {key!r} in {path}")
+            values[name] = value
+    for key, value in (os.environ if env is None else env).items():
+        if key.startswith("TIDINGS_"):
+            name = key[len("TIDINGS_") :].lower()
+            if name not in known:
+                raise ConfigError(f"unknown environment variable {key}")
+            values[name] = value
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    defaults = _defaults()
+    typed = {
+        name: _coerce(name, known[name].metadata.get("kind", ""), defaults[name], value)
+        for name, value in values.items()
+    }
+    return replace(Settings(), **typed)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting; each defaults to None so unset flags do not override."""
+    parser.add_argument("--config", metavar="FILE", help="TOML file with settings (keys as below)")
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        env_name = "TIDINGS_" + f.name.upper()
+        help_text = f"{f.metadata['help']} [env {env_name}; default: {f.default!r}]"
+        if isinstance(f.default, bool):
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            parser.add_argument(
+                flag,
+                default=None,
+                metavar=f.metadata.get("metavar") or f.name.upper(),
+                help=help_text,
+            )
+
+
+def from_arguments(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(Settings)}
+    return load(getattr(args, "config", None), env, overrides)
+
+
+def setting_names() -> Sequence[str]:
+    return [f.name for f in fields(Settings)]
