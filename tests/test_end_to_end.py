@@ -1,0 +1,293 @@
+"""The vertical slice end to end: MariaDB commit -> binlog -> tidings -> Redis clients.
+
+Real peers only: a private MariaDB with binlog on, the daemon in-process, and
+subscribers that are real Redis clients (redis-py asyncio and sync, redis-cli).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from tidings.config import Settings
+from tidings.daemon import Daemon
+from tidings.sandbox import PrivateMariaDB
+
+_dbs = itertools.count(1)
+
+
+async def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def start_daemon(db: PrivateMariaDB, server_id: int, **settings: Any) -> Daemon:
+    daemon = Daemon(Settings(mysql=db.url(), resp="127.0.0.1:0", server_id=server_id, **settings))
+    daemon.task = asyncio.ensure_future(daemon.run())  # type: ignore[attr-defined]
+    await wait_for(
+        lambda: (daemon.replica is not None and daemon.replica.connected) or daemon.task.done(),  # type: ignore[attr-defined]
+        what="replica connected",
+    )
+    if daemon.task.done():  # type: ignore[attr-defined]
+        daemon.task.result()  # type: ignore[attr-defined]
+    return daemon
+
+
+async def stop_daemon(daemon: Daemon) -> None:
+    daemon.stop()
+    await asyncio.wait_for(daemon.task, 10)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def schema(mariadb: PrivateMariaDB) -> str:
+    """A fresh database name per test, so tests sharing the server do not see each other."""
+    name = f"e2e{next(_dbs)}"
+    mariadb.sql(f"CREATE DATABASE {name}")
+    return name
+
+
+@pytest.fixture
+async def daemon(mariadb: PrivateMariaDB, replica_server_id: int) -> AsyncIterator[Daemon]:
+    d = await start_daemon(mariadb, replica_server_id)
+    yield d
+    await stop_daemon(d)
+
+
+async def subscriber(daemon: Daemon, *channels: str) -> aioredis.client.PubSub:
+    assert daemon.resp_address is not None
+    host, port = daemon.resp_address
+    client = aioredis.Redis(host=host, port=port)
+    pubsub = client.pubsub()
+    globs = [c for c in channels if "*" in c]
+    exact = [c for c in channels if c not in globs]
+    if exact:
+        await pubsub.subscribe(*exact)
+    if globs:
+        await pubsub.psubscribe(*globs)
+    for _ in channels:  # consume the confirmations
+        confirmation = await pubsub.get_message(timeout=5)
+        assert confirmation is not None and confirmation["type"] in ("subscribe", "psubscribe")
+    return pubsub
+
+
+async def receive(pubsub: aioredis.client.PubSub, count: int, timeout: float = 20) -> list[Any]:
+    events: list[Any] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while len(events) < count:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise AssertionError(f"got {len(events)} of {count} events: {events[-3:]}")
+        message = await pubsub.get_message(timeout=min(remaining, 1.0))
+        if message and message["type"] in ("message", "pmessage"):
+            events.append(json.loads(message["data"]))
+    return events
+
+
+async def assert_silent(pubsub: aioredis.client.PubSub, seconds: float = 0.5) -> None:
+    message = await pubsub.get_message(timeout=seconds)
+    assert message is None, f"unexpected message {message}"
+
+
+ALL_TYPES = """
+CREATE TABLE {db}.t (
+  id INT PRIMARY KEY,
+  ti TINYINT, tiu TINYINT UNSIGNED, si SMALLINT, siu SMALLINT UNSIGNED,
+  mi MEDIUMINT, miu MEDIUMINT UNSIGNED, i INT, iu INT UNSIGNED, bi BIGINT, biu BIGINT UNSIGNED,
+  f FLOAT, d DOUBLE, dec1 DECIMAL(10,2), dec2 DECIMAL(30,10),
+  dt DATETIME, dt6 DATETIME(6), ts TIMESTAMP(3) NULL, dte DATE, tm TIME, tm3 TIME(3), yr YEAR,
+  vc VARCHAR(50), ch CHAR(5), tx TEXT, lat VARCHAR(20) CHARACTER SET latin1,
+  bl BLOB, bn BINARY(4), vb VARBINARY(10),
+  bt BIT(10), en ENUM('a','b','c'), st SET('x','y','z'),
+  js JSON
+)
+"""
+
+ALL_TYPES_ROW = """
+SET time_zone = '+00:00';
+INSERT INTO {db}.t VALUES (
+  1, -128, 255, -32768, 65535, -8388608, 16777215, -2147483648, 4294967295,
+  -9223372036854775808, 18446744073709551615,
+  1.5, -2.25, '9.90', '-12345678901234567890.0123456789',
+  '2024-01-02 03:04:05', '2024-01-02 03:04:05.123456', '2024-01-02 03:04:05.678', '2024-02-29',
+  '-838:59:59', '12:34:56.789', 2024,
+  'héllo 🌍', 'ab', 'long text', 'café',
+  x'00ff10', x'01020304', x'0a0b',
+  b'1010101010', 'b', 'x,z',
+  '{{"a": [1, 2, {{"b": null}}], "s": "ü"}}'
+);
+"""
+
+ALL_TYPES_DATA = {
+    "id": 1,
+    "ti": -128,
+    "tiu": 255,
+    "si": -32768,
+    "siu": 65535,
+    "mi": -8388608,
+    "miu": 16777215,
+    "i": -2147483648,
+    "iu": 4294967295,
+    "bi": -9223372036854775808,
+    "biu": 18446744073709551615,
+    "f": 1.5,
+    "d": -2.25,
+    "dec1": "9.90",
+    "dec2": "-12345678901234567890.0123456789",
+    "dt": "2024-01-02T03:04:05",
+    "dt6": "2024-01-02T03:04:05.123456",
+    "ts": "2024-01-02T03:04:05.678Z",
+    "dte": "2024-02-29",
+    "tm": "-838:59:59",
+    "tm3": "12:34:56.789",
+    "yr": 2024,
+    "vc": "héllo 🌍",
+    "ch": "ab",
+    "tx": "long text",
+    "lat": "café",
+    "bl": "AP8Q",
+    "bn": "AQIDBA==",
+    "vb": "Cgs=",
+    "bt": 682,
+    "en": "b",
+    "st": ["x", "z"],
+    "js": {"a": [1, 2, {"b": None}], "s": "ü"},
+}
+
+
+async def test_every_column_type_insert_update_delete(
+    mariadb: PrivateMariaDB, schema: str, daemon: Daemon
+) -> None:
+    mariadb.sql(ALL_TYPES.format(db=schema))
+    sub = await subscriber(daemon, f"{schema}.t")
+    mariadb.sql(ALL_TYPES_ROW.format(db=schema))
+    mariadb.sql(f"UPDATE {schema}.t SET vc='changed', bi=bi+1, js=NULL WHERE id=1")
+    mariadb.sql(f"DELETE FROM {schema}.t WHERE id=1")
+    insert, update, delete = await receive(sub, 3)
+
+    assert insert["type"] == "insert"
+    assert insert["channel"] == f"{schema}.t"
+    assert (insert["database"], insert["table"]) == (schema, "t")
+    assert insert["data"] == ALL_TYPES_DATA
+    assert "old" not in insert
+    assert isinstance(insert["ts"], int) and insert["ts"] > 1_700_000_000
+    assert isinstance(insert["xid"], int)
+    assert isinstance(insert["gtid"], str) and insert["gtid"].count("-") == 2
+
+    after = {**ALL_TYPES_DATA, "vc": "changed", "bi": -9223372036854775807, "js": None}
+    assert update["type"] == "update"
+    assert update["data"] == after
+    assert update["old"] == {
+        "vc": "héllo 🌍",
+        "bi": -9223372036854775808,
+        "js": ALL_TYPES_DATA["js"],
+    }
+
+    assert delete["type"] == "delete"
+    assert delete["data"] == after
+    assert "old" not in delete
+    assert insert["id"] < update["id"] < delete["id"]
+
+
+async def test_transactions_arrive_whole_in_commit_order_and_rollbacks_never(
+    mariadb: PrivateMariaDB, schema: str, daemon: Daemon
+) -> None:
+    mariadb.sql(f"CREATE TABLE {schema}.a (id INT PRIMARY KEY, v INT)")
+    mariadb.sql(f"CREATE TABLE {schema}.b (id INT PRIMARY KEY, v INT)")
+    sub = await subscriber(daemon, f"{schema}.*")
+    mariadb.sql(
+        f"BEGIN; INSERT INTO {schema}.a VALUES (1,1),(2,2),(3,3);"
+        f" INSERT INTO {schema}.b VALUES (1,10); UPDATE {schema}.a SET v=v*10; COMMIT;"
+        f" BEGIN; INSERT INTO {schema}.a VALUES (99,99); ROLLBACK;"
+        f" INSERT INTO {schema}.b VALUES (2,20);"
+    )
+    events = await receive(sub, 8)
+    await assert_silent(sub)
+    summary = [(e["table"], e["type"], e["data"]["id"], e["data"]["v"]) for e in events]
+    assert summary == [
+        ("a", "insert", 1, 1), ("a", "insert", 2, 2), ("a", "insert", 3, 3),
+        ("b", "insert", 1, 10),
+        ("a", "update", 1, 10), ("a", "update", 2, 20), ("a", "update", 3, 30),
+        ("b", "insert", 2, 20),
+    ]  # fmt: skip
+    first_txn = events[:7]
+    assert len({(e["gtid"], e["xid"]) for e in first_txn}) == 1
+    assert events[7]["gtid"] != events[0]["gtid"]
+    ids = [e["id"] for e in events]
+    assert ids == list(range(ids[0], ids[0] + 8))  # contiguous: nothing interleaved
+
+
+async def test_alter_table_mid_stream_keeps_column_names(
+    mariadb: PrivateMariaDB, schema: str, daemon: Daemon
+) -> None:
+    mariadb.sql(f"CREATE TABLE {schema}.t (id INT PRIMARY KEY, a INT, b VARCHAR(10))")
+    sub = await subscriber(daemon, f"{schema}.t")
+    mariadb.sql(
+        f"INSERT INTO {schema}.t VALUES (1, 10, 'x');"
+        f"ALTER TABLE {schema}.t ADD COLUMN c INT DEFAULT 7 AFTER id;"
+        f"INSERT INTO {schema}.t (id, a, b) VALUES (2, 20, 'y');"
+        f"ALTER TABLE {schema}.t DROP COLUMN a;"
+        f"INSERT INTO {schema}.t VALUES (3, 8, 'z');"
+        f"ALTER TABLE {schema}.t RENAME COLUMN b TO label;"
+        f"UPDATE {schema}.t SET label='zz' WHERE id=3;"
+    )
+    events = await receive(sub, 4)
+    assert [e["data"] for e in events] == [
+        {"id": 1, "a": 10, "b": "x"},
+        {"id": 2, "c": 7, "a": 20, "b": "y"},
+        {"id": 3, "c": 8, "b": "z"},
+        {"id": 3, "c": 8, "label": "zz"},
+    ]
+    assert events[3]["old"] == {"label": "z"}
+
+
+async def test_sync_redis_py_and_redis_cli_subscribe(
+    mariadb: PrivateMariaDB, schema: str, daemon: Daemon
+) -> None:
+    mariadb.sql(f"CREATE TABLE {schema}.orders (id INT PRIMARY KEY, total DECIMAL(6,2))")
+    assert daemon.resp_address is not None
+    host, port = daemon.resp_address
+    cli = shutil.which("redis-cli")
+    assert cli, "redis-cli is needed (scripts/bootstrap installs redis-tools)"
+    proc = subprocess.Popen(
+        [cli, "-h", host, "-p", str(port), "SUBSCRIBE", f"{schema}.orders"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    sync_client = redis.Redis(host=host, port=port)
+    sync_sub = sync_client.pubsub()
+    sync_sub.subscribe(f"{schema}.orders")
+    assert sync_sub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+    try:
+        assert proc.stdout is not None
+        # redis-cli prints "subscribe", the channel and the count once subscribed
+        lines = [await asyncio.to_thread(proc.stdout.readline) for _ in range(3)]
+        assert [line.strip() for line in lines] == ["subscribe", f"{schema}.orders", "1"]
+        mariadb.sql(f"INSERT INTO {schema}.orders VALUES (1, 9.90)")
+        lines = [await asyncio.to_thread(proc.stdout.readline) for _ in range(3)]
+        assert [line.strip() for line in lines[:2]] == ["message", f"{schema}.orders"]
+        event = json.loads(lines[2])
+        assert event["data"] == {"id": 1, "total": "9.90"}
+        message = await asyncio.to_thread(sync_sub.get_message, timeout=10)
+        while message is not None and message["type"] != "message":
+            message = await asyncio.to_thread(sync_sub.get_message, timeout=10)
+        assert message is not None
+        assert json.loads(message["data"]) == event  # same bytes to every client
+    finally:
+        proc.terminate()
+        proc.wait()
+        sync_sub.close()
+        sync_client.close()
