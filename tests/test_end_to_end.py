@@ -291,3 +291,36 @@ async def test_sync_redis_py_and_redis_cli_subscribe(
         proc.wait()
         sync_sub.close()
         sync_client.close()
+
+
+async def test_mariadb_restart_and_crash_mid_stream_lose_and_repeat_nothing(
+    own_mariadb: PrivateMariaDB, replica_server_id: int
+) -> None:
+    db = own_mariadb
+    db.sql("CREATE DATABASE r; CREATE TABLE r.t (k INT PRIMARY KEY, v INT NOT NULL)")
+    daemon = await start_daemon(db, replica_server_id, heartbeat=0.5)
+    try:
+        sub = await subscriber(daemon, "r.t")
+
+        def write(start: int, stop: int) -> None:
+            db.sql("".join(f"INSERT INTO r.t VALUES ({v},{v});" for v in range(start, stop)))
+
+        write(0, 50)
+        await asyncio.to_thread(db.stop)  # clean shutdown
+        await asyncio.to_thread(db.start)
+        write(50, 100)  # committed while tidings is still reconnecting
+        await wait_for(
+            lambda: daemon.replica is not None and daemon.replica.connected,
+            what="reconnect after restart",
+        )
+        write(100, 150)
+        await asyncio.to_thread(db.kill)  # crash
+        await asyncio.to_thread(db.start)
+        write(150, 200)
+        events = await receive(sub, 200, timeout=60)
+        await assert_silent(sub, 1.0)
+        assert [e["data"]["v"] for e in events] == list(range(200))
+        ids = [e["id"] for e in events]
+        assert ids == sorted(set(ids))
+    finally:
+        await stop_daemon(daemon)
