@@ -37,17 +37,6 @@ def raise_fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def parse_start(text: str) -> Position | None:
-    """'end' -> None; 'FILE:POS' -> file coordinate; otherwise a GTID position."""
-    text = text.strip()
-    if text in ("", "end"):
-        return None
-    file, sep, pos = text.rpartition(":")
-    if sep and pos.isdigit() and file and "-" not in pos:
-        return Position(file=file, pos=int(pos))
-    return Position(file="", pos=4, gtid=text)
-
-
 def change_record(txn: Transaction, index: int) -> dict[str, Any]:
     """The event JSON fields (after id and channel) for one row change of `txn`."""
     change = txn.changes[index]
@@ -106,7 +95,7 @@ class Daemon:
             self.replica = Replica(
                 url,
                 server_id=s.server_id,
-                start=parse_start(s.start),
+                start=Position.parse(s.start),
                 table_info=self._schema.table_info,
                 heartbeat=s.heartbeat,
                 names_from_binlog=not s.names_from_schema,

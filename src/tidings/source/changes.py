@@ -8,8 +8,11 @@ dates and times as strings and binary as base64, so the hub only serialises.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 
 RowType = Literal["insert", "update", "delete"]
 
@@ -27,6 +30,20 @@ class Position:
     file: str
     pos: int
     gtid: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Position | None:
+        """'end' (or '') -> None; 'FILE:POS' -> a file coordinate; anything else a GTID state.
+
+        A MySQL GTID such as 'uuid:5' is told from FILE:POS by its UUID.
+        """
+        text = text.strip()
+        if text in ("", "end"):
+            return None
+        file, sep, pos = text.rpartition(":")
+        if sep and file and pos.isdigit() and not _UUID.match(file):
+            return cls(file=file, pos=int(pos))
+        return cls(file="", pos=4, gtid=text)
 
     def __str__(self) -> str:
         coord = f"{self.file}:{self.pos}"

@@ -1,0 +1,83 @@
+"""Settings: defaults < TOML file < TIDINGS_* environment < flags, with clear errors."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from tidings.config import ConfigError, Settings, add_arguments, from_arguments, load, parse_size
+from tidings.source.changes import Position
+
+
+def parse(argv: list[str], env: dict[str, str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return from_arguments(parser.parse_args(argv), env or {})
+
+
+def test_defaults() -> None:
+    s = load(env={})
+    assert s == Settings()
+    assert s.resp == "127.0.0.1:6380" and not s.allow_publish and s.output_limit == 1 << 20
+
+
+def test_precedence_file_env_flags(tmp_path: Path) -> None:
+    conf = tmp_path / "tidings.toml"
+    conf.write_text('resp = "127.0.0.1:7000"\nserver-id = 55\nmax_bulk = "1k"\nheartbeat = 2.5\n')
+    s = parse(["--config", str(conf)], {})
+    assert (s.resp, s.server_id, s.max_bulk, s.heartbeat) == ("127.0.0.1:7000", 55, 1024, 2.5)
+    s = parse(["--config", str(conf)], {"TIDINGS_SERVER_ID": "66", "TIDINGS_ALLOW_PUBLISH": "yes"})
+    assert (s.server_id, s.allow_publish) == (66, True)
+    s = parse(
+        ["--config", str(conf), "--server-id", "77", "--no-allow-publish", "--output-limit", "2M"],
+        {"TIDINGS_SERVER_ID": "66", "TIDINGS_ALLOW_PUBLISH": "yes"},
+    )
+    assert (s.server_id, s.allow_publish, s.output_limit) == (77, False, 2 << 20)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"TIDINGS_SERVER_ID": "abc"}, "server_id"),
+        ({"TIDINGS_NO_SUCH": "1"}, "unknown environment variable TIDINGS_NO_SUCH"),
+        ({"TIDINGS_RESP": "nonsense"}, "HOST:PORT"),
+        ({"TIDINGS_SERVER_ID": "0"}, "server_id must be between"),
+        ({"TIDINGS_ALLOW_PUBLISH": "maybe"}, "true or false"),
+        ({"TIDINGS_OUTPUT_LIMIT": "lots"}, "expected a size"),
+    ],
+)
+def test_bad_values_name_the_setting(source: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(env=source)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load(tmp_path / "missing.toml", env={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("resp = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(bad, env={})
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("colour = 'blue'\n")
+    with pytest.raises(ConfigError, match="unknown setting 'colour'"):
+        load(unknown, env={})
+
+
+def test_sizes() -> None:
+    assert [parse_size(t) for t in ("10", "64k", "64KiB", "1M", "1mb", "2G")] == [
+        10, 65536, 65536, 1 << 20, 1 << 20, 2 << 30,
+    ]  # fmt: skip
+
+
+def test_start_positions() -> None:
+    assert Position.parse("end") is None
+    assert Position.parse("mysql-bin.000003:4") == Position("mysql-bin.000003", 4)
+    assert Position.parse("0-1-57") == Position("", 4, gtid="0-1-57")
+    assert Position.parse("0-1-57,1-2-3") == Position("", 4, gtid="0-1-57,1-2-3")
+    uuid_set = "3E11FA47-71CA-11E1-9E33-C80AA9429562:1-5"
+    assert Position.parse(uuid_set) == Position("", 4, gtid=uuid_set)
+    one = "3E11FA47-71CA-11E1-9E33-C80AA9429562:5"
+    assert Position.parse(one) == Position("", 4, gtid=one)
