@@ -1,0 +1,247 @@
+"""Bounded per-connection output with one coalesced flush per loop iteration.
+
+Theory of operation. Every client connection, whatever its wire protocol, owns
+an `Outbox`. Replies and fanned-out events are queued on it as `bytes` (for
+events, the very object shared with every other subscriber). The first write
+in a loop iteration registers the outbox with its `Flusher`, which schedules a
+single `call_soon` callback; that callback writes each dirty connection's queue
+with one `transport.write(b"".join(chunks))`. This is redis's
+`handleClientsWithPendingWrites`: however many events one loop iteration
+publishes, each client costs one join and one send. A queue that grows past
+`EARLY_FLUSH` within one iteration is handed to the transport at once, so a
+burst reaches the kernel without waiting for the end of the iteration.
+
+Bound. The bytes a connection holds are its queue plus the transport's own
+buffer. When that would pass `limit`, the connection is a slow consumer and is
+cut off: its queue is dropped, a farewell (e.g. a RESP `-ERR`) is written only
+if the transport buffer is empty (so it cannot land in the middle of a frame
+and cannot wait behind megabytes), and the transport is aborted. Like redis's
+`client-output-buffer-limit pubsub`, but a hard limit only. While the
+transport reports `pause_writing` (its buffer is above its high-water mark),
+the outbox stops handing it data and just queues, so the bound is measured in
+one place.
+
+Nothing here awaits: `write` is called synchronously from the hub's fan-out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+__all__ = ["EARLY_FLUSH", "Flusher", "Outbox", "OutboxStats"]
+
+#: queue size at which an outbox writes to its transport without waiting for the flush callback
+EARLY_FLUSH = 64 * 1024
+#: seconds a gracefully closing connection may take to drain before it is aborted
+LINGER = 5.0
+
+log = logging.getLogger("tidings.wire.outbox")
+
+
+@dataclass(slots=True)
+class OutboxStats:
+    """Counters shared by the outboxes of one `Flusher` (read by metrics)."""
+
+    #: connections cut off because their output passed the limit
+    slow_consumers_cut: int = 0
+    #: transport.write calls and the bytes they carried
+    writes: int = 0
+    bytes_written: int = 0
+    #: flush callbacks run (loop iterations that had output)
+    flushes: int = 0
+
+
+class Flusher:
+    """Flushes every dirty outbox once per loop iteration, from one callback."""
+
+    __slots__ = ("_dirty", "_last_log", "_loop", "_scheduled", "_suppressed", "stats")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop or asyncio.get_running_loop()
+        self._dirty: list[Outbox] = []
+        self._scheduled = False
+        self.stats = OutboxStats()
+        self._last_log = -1e9
+        self._suppressed = 0
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def add(self, box: Outbox) -> None:
+        self._dirty.append(box)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        self.stats.flushes += 1
+        dirty, self._dirty = self._dirty, []
+        for box in dirty:
+            box.flush()
+
+    def log_cut(self, logger: logging.Logger, who: str, held: int, limit: int) -> None:
+        """Log a cut-off, at most once a second (a stall can cut thousands at once)."""
+        now = self._loop.time()
+        if now - self._last_log < 1.0:
+            self._suppressed += 1
+            return
+        more = f" ({self._suppressed} more since the last report)" if self._suppressed else ""
+        logger.warning(
+            "cut off slow consumer %s: %d bytes of output pending, limit %d%s",
+            who,
+            held,
+            limit,
+            more,
+        )
+        self._last_log = now
+        self._suppressed = 0
+
+
+class Outbox:
+    """The output queue of one connection; see the module docstring."""
+
+    __slots__ = (
+        "_backlog",
+        "_chunks",
+        "_dirty",
+        "_linger",
+        "_paused",
+        "_size",
+        "closed",
+        "farewell",
+        "flusher",
+        "limit",
+        "logger",
+        "name",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        transport: asyncio.WriteTransport,
+        flusher: Flusher,
+        limit: int,
+        *,
+        farewell: bytes = b"",
+        name: str = "",
+        logger: logging.Logger = log,
+    ) -> None:
+        self.transport = transport
+        self.flusher = flusher
+        self.limit = limit
+        #: written, best effort, to a connection cut off for being slow
+        self.farewell = farewell
+        self.name = name
+        self.logger = logger
+        #: set once the connection is cut, closing or lost: later writes are dropped
+        self.closed = False
+        self._chunks: list[bytes] = []
+        self._size = 0  # bytes in _chunks
+        # transport.get_write_buffer_size() as of our last write to it: exact or too high
+        # (the transport only drains between our writes), so it is refreshed only when the
+        # sum looks over the limit
+        self._backlog = 0
+        self._dirty = False  # registered with the flusher for this iteration
+        self._paused = False  # the transport asked us to stop (pause_writing)
+        self._linger: asyncio.TimerHandle | None = None
+
+    @property
+    def queued(self) -> int:
+        """Bytes waiting in this outbox (not counting the transport's buffer)."""
+        return self._size
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def write(self, data: bytes) -> None:
+        """Queue `data`; cut the connection off if its output passes the limit."""
+        if self.closed:
+            return
+        self._chunks.append(data)
+        size = self._size = self._size + len(data)
+        if size + self._backlog > self.limit:
+            self._check_limit()
+        elif not self._dirty:
+            self._dirty = True
+            self.flusher.add(self)
+        elif size >= EARLY_FLUSH and not self._paused:
+            self._send()
+
+    def flush(self) -> None:
+        """Hand the queue to the transport (called by the flusher once per iteration)."""
+        self._dirty = False
+        if self._chunks and not self._paused and not self.closed:
+            self._send()
+
+    def _send(self) -> None:
+        transport = self.transport
+        if transport.is_closing():  # lost or aborted; connection_lost() is on its way
+            self._drop()
+            return
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._chunks = []
+        self._size = 0
+        transport.write(data)
+        self._backlog = transport.get_write_buffer_size()
+        stats = self.flusher.stats
+        stats.writes += 1
+        stats.bytes_written += len(data)
+
+    def _check_limit(self) -> None:
+        transport = self.transport
+        self._backlog = transport.get_write_buffer_size()
+        held = self._size + self._backlog
+        if held <= self.limit:
+            if not self._dirty:
+                self._dirty = True
+                self.flusher.add(self)
+            return
+        self.flusher.stats.slow_consumers_cut += 1
+        self.flusher.log_cut(self.logger, self.name, held, self.limit)
+        self._drop()
+        if transport.is_closing():
+            return
+        if self.farewell and self._backlog == 0:
+            # the kernel holds whole frames only; the farewell goes after them if it fits
+            transport.write(self.farewell)
+        transport.abort()
+
+    def _drop(self) -> None:
+        self.closed = True
+        self._chunks = []
+        self._size = 0
+
+    # -- flow control (forward the protocol's pause_writing/resume_writing here) -----------
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._chunks and not self.closed:
+            self._send()
+
+    # -- ending ------------------------------------------------------------------------------
+    def close(self, linger: float = LINGER) -> None:
+        """Send what is queued, then close; abort if the peer has not drained it in `linger`."""
+        if self.closed:
+            return
+        if self._chunks and not self.transport.is_closing():
+            self._send()  # even when paused: the queue is bounded and this is the last write
+        self._drop()
+        transport = self.transport
+        transport.close()
+        if transport.get_write_buffer_size():
+            self._linger = self.flusher.loop.call_later(linger, transport.abort)
+
+    def lost(self) -> None:
+        """The connection is gone (call from connection_lost): drop everything."""
+        self._drop()
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None

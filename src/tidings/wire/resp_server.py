@@ -1,0 +1,803 @@
+"""The Redis pub/sub server: one `asyncio.Protocol` per client, speaking RESP2 and RESP3.
+
+Theory of operation. `RespConnection` is the hub's `Subscriber` for one client.
+Bytes from the socket go to its `RespParser` (tidings.wire.resp); each complete
+command is looked up in `COMMANDS`, a table written as data like redis's
+command table (name, arity, whether RESP2 subscribed mode allows it,
+subcommands), and its handler queues the reply on the connection's `Outbox`.
+Events from the hub arrive through `deliver`, which fetches the event's frame
+for this connection's format from `event.frame()` (encoded once per event and
+format, shared by every subscriber) and queues that same bytes object. Replies
+and events share the one queue, so they reach the client in the order they
+happened, as in redis (a PUBLISH's own message precedes its `:N` reply).
+
+Replies match Redis 7.0 byte for byte, error texts included, for everything
+implemented here (tests/wire/test_resp_redis.py compares against a real
+redis-server). Channel names are UTF-8 `str` in the hub; client bytes that are
+not UTF-8 are carried with `surrogateescape` and come back out unchanged.
+
+`RespService` is the listening side: settings, the registry of open
+connections, counters, and the `Flusher` that coalesces their output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, NamedTuple
+
+from tidings.event import Event
+from tidings.hub import GlobPattern, Hub
+from tidings.wire import resp
+from tidings.wire.outbox import Flusher, Outbox
+
+__all__ = [
+    "COMMANDS",
+    "REDIS_VERSION",
+    "RespConnection",
+    "RespService",
+    "RespSettings",
+    "RespStats",
+    "start_resp_server",
+]
+
+log = logging.getLogger("tidings.wire.resp")
+
+#: what HELLO reports: the Redis release whose pub/sub behaviour this server reproduces
+REDIS_VERSION: Final = "7.0.0"
+#: SELECT accepts what a default redis accepts; pub/sub ignores the database anyway
+DATABASES: Final = 16
+
+_OK: Final = b"+OK\r\n"
+_PONG: Final = b"+PONG\r\n"
+_CONTEXT_ERROR: Final = (
+    b"ERR Can't execute '%b': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET "
+    b"are allowed in this context"
+)
+_FAREWELL: Final = resp.error(
+    b"ERR output buffer limit reached: this subscriber did not read fast enough "
+    b"and has been disconnected"
+)
+
+
+@dataclass(slots=True, frozen=True)
+class RespSettings:
+    #: accept PUBLISH from clients (off by default: the database is the publisher)
+    allow_publish: bool = False
+    #: largest bulk string in a request
+    max_bulk: int = 64 * 1024
+    #: pending output (queue + transport buffer) after which a client is cut off
+    output_limit: int = 1 << 20
+    #: most arguments in one request
+    max_args: int = 1 << 16
+    #: longest inline request line, and longest `*`/`$` header line (redis: 64 KiB)
+    max_inline: int = 64 * 1024
+    #: largest request in total (all its bulk strings)
+    max_query: int = 4 << 20
+
+
+@dataclass(slots=True)
+class RespStats:
+    """Counters for metrics; the slow-consumer count lives in `flusher.stats`."""
+
+    connections_total: int = 0
+    commands: int = 0
+    protocol_errors: int = 0
+
+
+# -- frames for fanned-out events: encoded once per event and kind ----------------------------
+def channel_bytes(channel: str) -> bytes:
+    """A hub channel name as the client spelled it (see the module docstring)."""
+    try:
+        return channel.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that did not come from a client
+        return channel.encode("utf-8", "surrogatepass")
+
+
+def _message(head: bytes, event: Event) -> bytes:
+    name = channel_bytes(event.channel)
+    body = event.body
+    return b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (head, len(name), name, len(body), body)
+
+
+def message_resp2(event: Event) -> bytes:
+    return _message(b"*3\r\n$7\r\nmessage\r\n", event)
+
+
+def message_resp3(event: Event) -> bytes:
+    return _message(b">3\r\n$7\r\nmessage\r\n", event)
+
+
+def pmessage(event: Event, pattern: str, resp3: bool) -> bytes:
+    head = b">4\r\n$8\r\npmessage\r\n" if resp3 else b"*4\r\n$8\r\npmessage\r\n"
+    return _message(head + resp.bulk(channel_bytes(pattern)), event)
+
+
+# keys into Event.frames; a pmessage key is (kind, pattern)
+MESSAGE_RESP2: Final = "resp2:message"
+MESSAGE_RESP3: Final = "resp3:message"
+PMESSAGE_RESP2: Final = "resp2:pmessage"
+PMESSAGE_RESP3: Final = "resp3:pmessage"
+
+
+# -- the command table ----------------------------------------------------------------------
+Handler = Callable[["RespConnection", list[bytes]], None]
+
+
+class Command(NamedTuple):
+    #: lower-case name as redis prints it in errors; subcommands are "container|sub"
+    fullname: bytes
+    #: redis arity: N means exactly N arguments (name included), -N at least N
+    arity: int
+    handler: Handler | None
+    #: allowed in RESP2 subscribed mode
+    pubsub: bool = False
+    subcommands: dict[bytes, Command] | None = None
+
+
+def _container(name: bytes, arity: int, subs: dict[bytes, tuple[int, Handler]]) -> Command:
+    table = {sub: Command(name + b"|" + sub, a, h) for sub, (a, h) in subs.items()}
+    return Command(name, arity, None, subcommands=table)
+
+
+def _arg(data: bytes, limit: int = 128) -> bytes:
+    """An argument quoted in an error: redis prints it with %.128s (C string, ends at NUL)."""
+    return data.split(b"\0", 1)[0][:limit]
+
+
+class RespConnection(asyncio.Protocol):
+    """One client. Also the hub's `Subscriber`: see `deliver`."""
+
+    __slots__ = (
+        "_closed",
+        "_message_encode",
+        "_message_key",
+        "_pmessage_key",
+        "_read_paused",
+        "channels",
+        "hub",
+        "id",
+        "lib_name",
+        "lib_ver",
+        "name",
+        "outbox",
+        "parser",
+        "patterns",
+        "peer",
+        "resp3",
+        "service",
+        "settings",
+        "transport",
+    )
+
+    transport: asyncio.Transport
+    outbox: Outbox
+
+    def __init__(self, service: RespService, conn_id: int) -> None:
+        self.service = service
+        self.hub = service.hub
+        self.settings = s = service.settings
+        self.id = conn_id
+        self.parser = resp.RespParser(
+            max_bulk=s.max_bulk, max_args=s.max_args, max_inline=s.max_inline, max_query=s.max_query
+        )
+        self.name = b""
+        self.lib_name = b""
+        self.lib_ver = b""
+        self.peer = "?"
+        #: subscriptions in the order made (dicts as ordered sets)
+        self.channels: dict[str, None] = {}
+        self.patterns: dict[str, None] = {}
+        self._closed = False
+        self._read_paused = False
+        self._set_protocol(resp3=False)
+
+    def __repr__(self) -> str:
+        return f"<RespConnection id={self.id} addr={self.peer}>"
+
+    def _set_protocol(self, resp3: bool) -> None:
+        self.resp3 = resp3
+        self._message_key = MESSAGE_RESP3 if resp3 else MESSAGE_RESP2
+        self._message_encode = message_resp3 if resp3 else message_resp2
+        self._pmessage_key = PMESSAGE_RESP3 if resp3 else PMESSAGE_RESP2
+
+    # -- the hub's side (hot path) ---------------------------------------------------------
+    def deliver(self, event: Event, pattern: str | None) -> None:
+        if pattern is None:
+            self.outbox.write(event.frame(self._message_key, self._message_encode))
+            return
+        key = (self._pmessage_key, pattern)
+        data = event.frames.get(key)
+        if data is None:
+            resp3 = self.resp3
+            data = event.frame(key, lambda e: pmessage(e, pattern, resp3))
+        self.outbox.write(data)
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = f"{peer[0]}:{peer[1]}"
+        self.outbox = Outbox(
+            transport,
+            self.service.flusher,
+            self.settings.output_limit,
+            farewell=_FAREWELL,
+            name=f"id={self.id} addr={self.peer}",
+            logger=log,
+        )
+        self.service.connections[self] = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        parser = self.parser
+        parser.feed(data)
+        try:
+            while not self._closed:
+                args = parser.next_command()
+                if args is None:
+                    break
+                self.service.stats.commands += 1
+                self.execute(args)
+        except resp.ProtocolError as exc:
+            self.service.stats.protocol_errors += 1
+            log.info("client id=%d addr=%s: %s; closing", self.id, self.peer, exc)
+            self.outbox.write(resp.error(b"ERR " + str(exc).encode("latin-1", "replace")))
+            self.close()
+            return
+        # a client that pipelines faster than it reads its replies waits for the kernel
+        if self.outbox.paused and not self._closed and not self._read_paused:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        # redis frees a client on EOF (after replying to what it already read); so do we
+        self.close()
+        return True
+
+    def pause_writing(self) -> None:
+        self.outbox.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.outbox.resume_writing()
+        if self._read_paused and not self._closed:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            log.info("client id=%d addr=%s: connection lost: %s", self.id, self.peer, exc)
+        elif self.parser.mid_command and not self._closed:
+            log.info("client id=%d addr=%s: disconnected mid-command", self.id, self.peer)
+        else:
+            log.debug("client id=%d addr=%s: disconnected", self.id, self.peer)
+        self._closed = True
+        self.outbox.lost()
+        self._unsubscribe_all()
+        self.service._forget(self)
+
+    def close(self) -> None:
+        """Send what is queued, then close the connection (ignore further commands)."""
+        if not self._closed:
+            self._closed = True
+            self.outbox.close()
+
+    # -- commands ----------------------------------------------------------------------------
+    def execute(self, args: list[bytes]) -> None:
+        name = args[0].lower()
+        cmd = COMMANDS.get(name)
+        if cmd is None:
+            if name == b"quit":  # redis handles QUIT before the table: any arguments go
+                self.reply(_OK)
+                self.close()
+            elif name in (b"post", b"host:"):  # redis: an HTTP request, likely an attack
+                log.warning("client id=%d addr=%s sent %r: closing", self.id, self.peer, name)
+                self.close()
+            elif name in _REDIS_ONLY and self._subscribed_resp2():
+                self.reply_error(_CONTEXT_ERROR % name)
+            else:
+                self._unknown_command(args)
+            return
+        if cmd.subcommands is not None and len(args) > 1:
+            sub = cmd.subcommands.get(args[1].lower())
+            if sub is None:
+                self.reply_error(
+                    b"ERR unknown subcommand '%b'. Try %b HELP." % (_arg(args[1]), name.upper())
+                )
+                return
+            cmd = sub
+        arity = cmd.arity
+        if (arity > 0 and len(args) != arity) or len(args) < -arity:
+            self.reply_error(b"ERR wrong number of arguments for '%b' command" % cmd.fullname)
+            return
+        if not cmd.pubsub and self._subscribed_resp2():
+            self.reply_error(_CONTEXT_ERROR % cmd.fullname)
+            return
+        assert cmd.handler is not None  # containers have arity -2: no subcommand is an error
+        cmd.handler(self, args)
+
+    def _subscribed_resp2(self) -> bool:
+        """RESP2 "subscribed mode": only a few commands are allowed (RESP3 has no such mode)."""
+        return not self.resp3 and bool(self.channels or self.patterns)
+
+    def _unknown_command(self, args: list[bytes]) -> None:
+        quoted = b""
+        for arg in args[1:]:
+            if len(quoted) >= 128:
+                break
+            quoted += b"'%b' " % _arg(arg, 128 - len(quoted))
+        self.reply_error(
+            b"ERR unknown command '%b', with args beginning with: %b" % (_arg(args[0]), quoted)
+        )
+
+    def reply(self, data: bytes) -> None:
+        self.outbox.write(data)
+
+    def reply_error(self, message: bytes) -> None:
+        self.outbox.write(resp.error(message))
+
+    def reply_null(self) -> None:
+        self.outbox.write(resp.null(self.resp3))
+
+    def _count(self) -> int:
+        return len(self.channels) + len(self.patterns)
+
+    def _confirm(self, kind: bytes, name: bytes | None) -> None:
+        """A (un)subscribe confirmation: [kind, name, subscription count], as a push."""
+        item = resp.null(self.resp3) if name is None else resp.bulk(name)
+        self.reply(resp.push([resp.bulk(kind), item, resp.integer(self._count())], self.resp3))
+
+    def _unsubscribe_all(self) -> None:
+        hub = self.hub
+        for channel in self.channels:
+            hub.unsubscribe(self, channel)
+        for pattern in self.patterns:
+            hub.punsubscribe(self, pattern)
+        self.channels = {}
+        self.patterns = {}
+
+    # -- handlers, one per command, named after it ------------------------------------------
+    def cmd_subscribe(self, args: list[bytes]) -> None:
+        for raw in args[1:]:
+            channel = raw.decode("utf-8", "surrogateescape")
+            if channel not in self.channels:
+                self.channels[channel] = None
+                self.hub.subscribe(self, channel)
+            self._confirm(b"subscribe", raw)
+
+    def cmd_unsubscribe(self, args: list[bytes]) -> None:
+        names = args[1:] or [channel_bytes(c) for c in self.channels]
+        if not names:
+            self._confirm(b"unsubscribe", None)
+        for raw in names:
+            channel = raw.decode("utf-8", "surrogateescape")
+            if channel in self.channels:
+                del self.channels[channel]
+                self.hub.unsubscribe(self, channel)
+            self._confirm(b"unsubscribe", raw)
+
+    def cmd_psubscribe(self, args: list[bytes]) -> None:
+        for raw in args[1:]:
+            pattern = raw.decode("utf-8", "surrogateescape")
+            if pattern not in self.patterns:
+                self.patterns[pattern] = None
+                self.hub.psubscribe(self, pattern)
+            self._confirm(b"psubscribe", raw)
+
+    def cmd_punsubscribe(self, args: list[bytes]) -> None:
+        names = args[1:] or [channel_bytes(p) for p in self.patterns]
+        if not names:
+            self._confirm(b"punsubscribe", None)
+        for raw in names:
+            pattern = raw.decode("utf-8", "surrogateescape")
+            if pattern in self.patterns:
+                del self.patterns[pattern]
+                self.hub.punsubscribe(self, pattern)
+            self._confirm(b"punsubscribe", raw)
+
+    def cmd_ping(self, args: list[bytes]) -> None:
+        if len(args) > 2:
+            self.reply_error(b"ERR wrong number of arguments for 'ping' command")
+        elif self._subscribed_resp2():
+            payload = args[1] if len(args) > 1 else b""
+            self.reply(resp.array([resp.bulk(b"pong"), resp.bulk(payload)]))
+        else:
+            self.reply(resp.bulk(args[1]) if len(args) > 1 else _PONG)
+
+    def cmd_reset(self, args: list[bytes]) -> None:
+        self._unsubscribe_all()  # silently, as redis does
+        self._set_protocol(resp3=False)
+        self.name = b""
+        self.reply(b"+RESET\r\n")
+
+    def cmd_echo(self, args: list[bytes]) -> None:
+        self.reply(resp.bulk(args[1]))
+
+    def cmd_select(self, args: list[bytes]) -> None:
+        index = resp.parse_int(args[1])
+        if index is None or not -(2**31) <= index < 2**31:
+            self.reply_error(b"ERR value is not an integer or out of range")
+        elif not 0 <= index < DATABASES:
+            self.reply_error(b"ERR DB index is out of range")
+        else:
+            self.reply(_OK)
+
+    def cmd_hello(self, args: list[bytes]) -> None:
+        version = 0
+        if len(args) >= 2:
+            parsed = resp.parse_int(args[1])
+            if parsed is None:
+                self.reply_error(b"ERR Protocol version is not an integer or out of range")
+                return
+            if not 2 <= parsed <= 3:
+                self.reply_error(b"NOPROTO unsupported protocol version")
+                return
+            version = parsed
+        i = 2
+        while i < len(args):
+            more = len(args) - 1 - i
+            option = args[i].lower()
+            if option == b"auth" and more >= 2:
+                self.reply_error(_NO_AUTH)
+                return
+            if option == b"setname" and more >= 1:
+                if not self._set_name(args[i + 1]):
+                    return
+                i += 2
+                continue
+            self.reply_error(b"ERR Syntax error in HELLO option '%b'" % _arg(args[i]))
+            return
+        if version:
+            self._set_protocol(resp3=version == 3)
+        fields = [
+            (b"server", resp.bulk(b"redis")),
+            (b"version", resp.bulk(REDIS_VERSION.encode())),
+            (b"proto", resp.integer(3 if self.resp3 else 2)),
+            (b"id", resp.integer(self.id)),
+            (b"mode", resp.bulk(b"standalone")),
+            (b"role", resp.bulk(b"master")),
+            (b"modules", b"*0\r\n"),
+        ]
+        body = b"".join(resp.bulk(key) + value for key, value in fields)
+        self.reply(resp.map_header(len(fields), self.resp3) + body)
+
+    def cmd_auth(self, args: list[bytes]) -> None:
+        if len(args) > 3:
+            self.reply_error(b"ERR syntax error")
+        elif len(args) == 2:
+            self.reply_error(
+                b"ERR AUTH <password> called without any password configured for the default "
+                b"user. Are you sure your configuration is correct?"
+            )
+        else:
+            self.reply_error(_NO_AUTH)
+
+    def _set_name(self, name: bytes) -> bool:
+        if any(not 0x21 <= c <= 0x7E for c in name):
+            self.reply_error(
+                b"ERR Client names cannot contain spaces, newlines or special characters."
+            )
+            return False
+        self.name = name
+        return True
+
+    def cmd_client_setname(self, args: list[bytes]) -> None:
+        if self._set_name(args[2]):
+            self.reply(_OK)
+
+    def cmd_client_getname(self, args: list[bytes]) -> None:
+        self.reply(resp.bulk(self.name) if self.name else resp.null(self.resp3))
+
+    def cmd_client_id(self, args: list[bytes]) -> None:
+        self.reply(resp.integer(self.id))
+
+    def cmd_client_setinfo(self, args: list[bytes]) -> None:
+        # redis 7.2; redis-py sends it on connect
+        attr, value = args[2], args[3]
+        if attr.lower() not in (b"lib-name", b"lib-ver"):
+            self.reply_error(b"ERR Unrecognized option '%b'" % _arg(attr))
+        elif any(not 0x21 <= c <= 0x7E for c in value):
+            self.reply_error(
+                b"ERR %b cannot contain spaces, newlines or special characters." % _arg(attr)
+            )
+        else:
+            if attr.lower() == b"lib-name":
+                self.lib_name = value
+            else:
+                self.lib_ver = value
+            self.reply(_OK)
+
+    def cmd_client_info(self, args: list[bytes]) -> None:
+        self.reply(resp.bulk(self.client_info() + b"\n"))
+
+    def client_info(self) -> bytes:
+        """This client's line in redis's CLIENT INFO / CLIENT LIST format (a subset)."""
+        return (
+            b"id=%d addr=%b name=%b db=0 sub=%d psub=%d qbuf=%d omem=%d resp=%d "
+            b"lib-name=%b lib-ver=%b"
+            % (
+                self.id,
+                self.peer.encode(),
+                self.name,
+                len(self.channels),
+                len(self.patterns),
+                len(self.parser._buf),
+                self.outbox.queued,
+                3 if self.resp3 else 2,
+                self.lib_name,
+                self.lib_ver,
+            )
+        )
+
+    def cmd_client_help(self, args: list[bytes]) -> None:
+        self._help(b"CLIENT", _CLIENT_HELP)
+
+    def _help(self, name: bytes, lines: tuple[bytes, ...]) -> None:
+        head = b"%b <subcommand> [<arg> [value] [opt] ...]. Subcommands are:" % name
+        items = [head, *lines, b"HELP", b"    Print this help."]
+        self.reply(resp.array([resp.simple(line) for line in items]))
+
+    def cmd_pubsub_channels(self, args: list[bytes]) -> None:
+        if len(args) > 3:
+            self.reply_error(
+                b"ERR unknown subcommand or wrong number of arguments for '%b'. "
+                b"Try PUBSUB HELP." % _arg(args[1])
+            )
+            return
+        names = list(self.hub.channels())
+        if len(args) == 3:
+            glob = GlobPattern(args[2].decode("utf-8", "surrogateescape"))
+            names = [name for name in names if glob.matches(name)]
+        self.reply(resp.array([resp.bulk(channel_bytes(name)) for name in names]))
+
+    def cmd_pubsub_numsub(self, args: list[bytes]) -> None:
+        items: list[bytes] = []
+        for raw in args[2:]:
+            count = self.hub.subscriber_count(raw.decode("utf-8", "surrogateescape"))
+            items += (resp.bulk(raw), resp.integer(count))
+        self.reply(resp.array(items))
+
+    def cmd_pubsub_numpat(self, args: list[bytes]) -> None:
+        self.reply(resp.integer(self.hub.pattern_count()))
+
+    def cmd_pubsub_shardchannels(self, args: list[bytes]) -> None:
+        self.reply(b"*0\r\n")  # no sharded pub/sub here: always empty
+
+    def cmd_pubsub_shardnumsub(self, args: list[bytes]) -> None:
+        self.reply(resp.array([part for raw in args[2:] for part in (resp.bulk(raw), b":0\r\n")]))
+
+    def cmd_pubsub_help(self, args: list[bytes]) -> None:
+        self._help(b"PUBSUB", _PUBSUB_HELP)
+
+    def cmd_publish(self, args: list[bytes]) -> None:
+        if not self.settings.allow_publish:
+            self.reply_error(
+                b"ERR PUBLISH is disabled on this server: "
+                b"start tidings with --allow-publish to accept it"
+            )
+            return
+        receivers = self.hub.publish(args[1].decode("utf-8", "surrogateescape"), args[2])
+        self.reply(resp.integer(receivers))
+
+    def cmd_command(self, args: list[bytes]) -> None:
+        # redis-cli asks for COMMAND DOCS to build its hints; an empty answer is enough
+        self.reply(b"*0\r\n")
+
+    def cmd_command_count(self, args: list[bytes]) -> None:
+        self.reply(resp.integer(len(COMMANDS) + 1))  # + QUIT, handled outside the table
+
+    def cmd_command_docs(self, args: list[bytes]) -> None:
+        self.reply(resp.map_header(0, self.resp3))
+
+    def cmd_command_info(self, args: list[bytes]) -> None:
+        none = b"_\r\n" if self.resp3 else b"*-1\r\n"
+        self.reply(resp.array([none] * (len(args) - 2)))
+
+    def cmd_command_list(self, args: list[bytes]) -> None:
+        self.reply(resp.array([resp.bulk(name) for name in [*COMMANDS, b"quit"]]))
+
+    def cmd_command_help(self, args: list[bytes]) -> None:
+        self._help(b"COMMAND", _COMMAND_HELP)
+
+
+# Redis 7.0 commands not implemented here. In RESP2 subscribed mode redis answers them with
+# its "Can't execute" error rather than "unknown command"; so do we.
+_REDIS_ONLY: Final = frozenset(
+    (
+        b"acl append asking bgrewriteaof bgsave bitcount bitfield bitfield_ro bitop bitpos "
+        b"blmove blmpop blpop brpop brpoplpush bzmpop bzpopmax bzpopmin cluster config copy "
+        b"dbsize debug decr decrby del discard dump eval eval_ro evalsha evalsha_ro exec "
+        b"exists expire expireat expiretime failover fcall fcall_ro flushall flushdb function "
+        b"geoadd geodist geohash geopos georadius georadius_ro georadiusbymember "
+        b"georadiusbymember_ro geosearch geosearchstore get getbit getdel getex getrange "
+        b"getset hdel hexists hget hgetall hincrby hincrbyfloat hkeys hlen hmget hmset "
+        b"hrandfield hscan hset hsetnx hstrlen hvals incr incrby incrbyfloat info keys "
+        b"lastsave latency lcs lindex linsert llen lmove lmpop lolwut lpop lpos lpush lpushx "
+        b"lrange lrem lset ltrim memory mget migrate module monitor move mset msetnx multi "
+        b"object persist pexpire pexpireat pexpiretime pfadd pfcount pfdebug pfmerge "
+        b"pfselftest psetex psync pttl randomkey readonly readwrite rename renamenx replconf "
+        b"replicaof restore restore-asking role rpop rpoplpush rpush rpushx sadd save scan "
+        b"scard script sdiff sdiffstore set setbit setex setnx setrange shutdown sinter "
+        b"sintercard sinterstore sismember slaveof slowlog smembers smismember smove sort "
+        b"sort_ro spop spublish srandmember srem sscan strlen substr sunion sunionstore swapdb "
+        b"sync time touch ttl type unlink unwatch wait watch xack xadd xautoclaim xclaim xdel "
+        b"xgroup xinfo xlen xpending xrange xread xreadgroup xrevrange xsetid xtrim zadd zcard "
+        b"zcount zdiff zdiffstore zincrby zinter zintercard zinterstore zlexcount zmpop "
+        b"zmscore zpopmax zpopmin zrandmember zrange zrangebylex zrangebyscore zrangestore "
+        b"zrank zrem zremrangebylex zremrangebyrank zremrangebyscore zrevrange zrevrangebylex "
+        b"zrevrangebyscore zrevrank zscan zscore zunion zunionstore "
+    ).split()
+)
+
+_NO_AUTH: Final = b"ERR AUTH is not supported: this server has no users or passwords"
+
+_CLIENT_HELP: Final = (
+    b"GETNAME",
+    b"    Return the name of the current connection.",
+    b"ID",
+    b"    Return the ID of the current connection.",
+    b"INFO",
+    b"    Return information about the current client connection.",
+    b"SETINFO <option> <value>",
+    b"    Set client meta attr. Options are: LIB-NAME, LIB-VER.",
+    b"SETNAME <name>",
+    b"    Assign the name <name> to the current connection.",
+)
+_PUBSUB_HELP: Final = (
+    b"CHANNELS [<pattern>]",
+    b"    Return the currently active channels matching a <pattern> (default: '*').",
+    b"NUMPAT",
+    b"    Return number of subscriptions to patterns.",
+    b"NUMSUB [<channel> ...]",
+    b"    Return the number of subscribers for the specified channels, excluding",
+    b"    pattern subscriptions(default: no channels).",
+)
+_COMMAND_HELP: Final = (
+    b"(no subcommand)",
+    b"    Return details about all commands (none here).",
+    b"COUNT",
+    b"    Return the total number of commands in this server.",
+    b"LIST",
+    b"    Return a list of all commands in this server.",
+)
+
+C = RespConnection
+COMMANDS: Final[dict[bytes, Command]] = {
+    b"subscribe": Command(b"subscribe", -2, C.cmd_subscribe, pubsub=True),
+    b"unsubscribe": Command(b"unsubscribe", -1, C.cmd_unsubscribe, pubsub=True),
+    b"psubscribe": Command(b"psubscribe", -2, C.cmd_psubscribe, pubsub=True),
+    b"punsubscribe": Command(b"punsubscribe", -1, C.cmd_punsubscribe, pubsub=True),
+    b"ping": Command(b"ping", -1, C.cmd_ping, pubsub=True),
+    b"reset": Command(b"reset", 1, C.cmd_reset, pubsub=True),
+    b"publish": Command(b"publish", 3, C.cmd_publish),
+    b"hello": Command(b"hello", -1, C.cmd_hello),
+    b"auth": Command(b"auth", -2, C.cmd_auth),
+    b"echo": Command(b"echo", 2, C.cmd_echo),
+    b"select": Command(b"select", 2, C.cmd_select),
+    b"client": _container(
+        b"client",
+        -2,
+        {
+            b"setname": (3, C.cmd_client_setname),
+            b"getname": (2, C.cmd_client_getname),
+            b"id": (2, C.cmd_client_id),
+            b"setinfo": (4, C.cmd_client_setinfo),
+            b"info": (2, C.cmd_client_info),
+            b"help": (2, C.cmd_client_help),
+        },
+    ),
+    b"pubsub": _container(
+        b"pubsub",
+        -2,
+        {
+            b"channels": (-2, C.cmd_pubsub_channels),
+            b"numsub": (-2, C.cmd_pubsub_numsub),
+            b"numpat": (2, C.cmd_pubsub_numpat),
+            b"shardchannels": (-2, C.cmd_pubsub_shardchannels),
+            b"shardnumsub": (-2, C.cmd_pubsub_shardnumsub),
+            b"help": (2, C.cmd_pubsub_help),
+        },
+    ),
+    b"command": _container(
+        b"command",
+        -1,
+        {
+            b"count": (2, C.cmd_command_count),
+            b"docs": (-2, C.cmd_command_docs),
+            b"info": (-2, C.cmd_command_info),
+            b"list": (-2, C.cmd_command_list),
+            b"help": (2, C.cmd_command_help),
+        },
+    )._replace(handler=C.cmd_command),
+}
+del C
+
+
+# -- the listening side -----------------------------------------------------------------------
+class RespService:
+    """One RESP endpoint: its settings, open connections, counters and output flusher."""
+
+    def __init__(self, hub: Hub, settings: RespSettings | None = None) -> None:
+        self.hub = hub
+        self.settings = settings or RespSettings()
+        #: open connections (a dict as an ordered set)
+        self.connections: dict[RespConnection, None] = {}
+        self.stats = RespStats()
+        self._flusher: Flusher | None = None
+        self._ids = itertools.count(1)
+        self.servers: list[asyncio.Server] = []
+        self._drained: asyncio.Future[None] | None = None  # close() waits on it
+
+    def _forget(self, conn: RespConnection) -> None:
+        self.connections.pop(conn, None)
+        if not self.connections and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    @property
+    def flusher(self) -> Flusher:
+        if self._flusher is None:
+            self._flusher = Flusher(asyncio.get_running_loop())
+        return self._flusher
+
+    @property
+    def connections_open(self) -> int:
+        return len(self.connections)
+
+    @property
+    def slow_consumers_cut(self) -> int:
+        return self._flusher.stats.slow_consumers_cut if self._flusher else 0
+
+    def protocol(self) -> RespConnection:
+        """The protocol factory for `loop.create_server`."""
+        self.stats.connections_total += 1
+        return RespConnection(self, next(self._ids))
+
+    async def start(self, host: str, port: int) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        self._flusher = self._flusher or Flusher(loop)
+        server = await loop.create_server(self.protocol, host, port)
+        self.servers.append(server)
+        return server
+
+    def close_clients(self) -> None:
+        """Close every client connection, sending what is already queued first."""
+        for conn in list(self.connections):
+            conn.close()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop listening, close the clients and wait (up to `timeout`) for them to go."""
+        for server in self.servers:
+            server.close()
+        self.close_clients()
+        if self.connections:
+            self._drained = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._drained), timeout)
+            self._drained = None
+        for conn in list(self.connections):
+            conn.transport.abort()
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), timeout)
+        self.servers.clear()
+
+
+async def start_resp_server(
+    hub: Hub,
+    host: str,
+    port: int,
+    settings: RespSettings | None = None,
+    *,
+    service: RespService | None = None,
+) -> asyncio.Server:
+    """Listen for Redis clients on host:port; pass `service` to keep its registry and counters."""
+    if service is None:
+        service = RespService(hub, settings)
+    return await service.start(host, port)
