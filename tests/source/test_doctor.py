@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import uuid
@@ -617,9 +618,16 @@ def test_connect_error_hints(errno: int | None, message: str, hint: str) -> None
 # -- against real servers ---------------------------------------------------------------------
 
 
-async def doctor(url: str, **kwargs: bool) -> tuple[int, str]:
+async def doctor(
+    url: str, *, allow_names_from_schema: bool = False, connect_timeout: float = 10.0
+) -> tuple[int, str]:
     out = io.StringIO()
-    code = await run_doctor(MySQLURL.parse(url), out, **kwargs)
+    code = await run_doctor(
+        MySQLURL.parse(url),
+        out,
+        allow_names_from_schema=allow_names_from_schema,
+        connect_timeout=connect_timeout,
+    )
     return code, out.getvalue()
 
 
@@ -735,3 +743,32 @@ async def test_nobody_listening_exit_2() -> None:
     assert report.startswith(f"cannot connect to 127.0.0.1:{port} as 'tidings': ")
     assert "nothing listens" in report and "is the server running?" in report
     assert ":pw" not in report
+
+
+async def test_peers_that_are_not_mysql_exit_2() -> None:
+    """A port that never greets times out; one that talks HTTP is named as not MySQL."""
+    done = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await done.wait()
+        writer.close()
+
+    async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    quiet = await asyncio.start_server(silent, "127.0.0.1", 0)
+    talker = await asyncio.start_server(http, "127.0.0.1", 0)
+    try:
+        for server, hint in ((quiet, "no MySQL greeting within 0.3s"), (talker, "is this a MySQL")):
+            port = server.sockets[0].getsockname()[1]
+            code, report = await doctor(f"mysql://u:pw@127.0.0.1:{port}/", connect_timeout=0.3)
+            assert code == 2, report
+            assert report.count("\n") == 1 and hint in report
+            assert report.startswith(f"cannot connect to 127.0.0.1:{port} as 'u': ")
+    finally:
+        done.set()
+        for server in (quiet, talker):
+            server.close()
+            await server.wait_closed()

@@ -600,12 +600,14 @@ def check_grants(
     database: str = "",
     status_readable: bool = False,
 ) -> Finding:
-    """REPLICATION SLAVE to stream, REPLICATION CLIENT/BINLOG MONITOR for the current position,
-    SELECT for schema lookups. `status_readable` is the proof of the second when the binlog
-    status query succeeded (the right may come from a role SHOW GRANTS does not expand)."""
-    monitor = (
-        "BINLOG MONITOR" if v.flavor == "mariadb" and v.at_least(10, 5) else ("REPLICATION CLIENT")
-    )
+    """Needed: REPLICATION SLAVE to stream, REPLICATION CLIENT (MariaDB 10.5+: BINLOG MONITOR)
+    to read the current position, SELECT to look up schemas.
+
+    `status_readable` says the binlog status query worked: proof of the second right even
+    when it comes from somewhere SHOW GRANTS did not show.
+    """
+    mariadb_105 = v.flavor == "mariadb" and v.at_least(10, 5)
+    monitor = "BINLOG MONITOR" if mariadb_105 else "REPLICATION CLIENT"
     missing: list[str] = []
     problems: list[str] = []
     if not privileges.has_global("REPLICATION SLAVE"):
@@ -853,6 +855,10 @@ def describe_connect_error(url: MySQLURL, errno: int | None, message: str) -> st
         hint = "the server requires TLS (require_secure_transport)"
     elif errno in (2059, 1251) or "plugin" in low:
         hint = "the account uses an authentication plugin this client cannot speak"
+    elif "greeting" in low:
+        hint = "the port accepts connections but says nothing: wrong port, or a proxy in between"
+    elif "packet sequence" in low or "malformed packet" in low:
+        hint = "the server does not speak the MySQL protocol: is this a MySQL port?"
     elif errno == 2003 or errno is None:
         if (
             "name or service not known" in low
@@ -960,6 +966,7 @@ async def run_doctor(
     the server cannot be reached or refuses the login.
     """
     try:
+        # asyncmy's own timeout covers the TCP connect, not a peer that never greets
         conn = await asyncio.wait_for(
             asyncmy.connect(
                 host=url.host,
@@ -969,28 +976,30 @@ async def run_doctor(
                 db=url.database or None,
                 connect_timeout=connect_timeout,
             ),
-            connect_timeout + 1,
+            connect_timeout,
         )
     except TimeoutError:
-        out.write(
-            describe_connect_error(url, None, f"no answer within {connect_timeout:g}s") + "\n"
-        )
+        message = f"no MySQL greeting within {connect_timeout:g}s"
+        out.write(describe_connect_error(url, None, message) + "\n")
         return 2
     except MySQLError as exc:
         errno, message = _error_text(exc)
         out.write(describe_connect_error(url, errno, message) + "\n")
         return 2
-    except OSError as exc:  # errno here is the OS's, not a server error code
-        out.write(describe_connect_error(url, None, str(exc) or type(exc).__name__) + "\n")
+    except Exception as exc:  # OSError, or the driver choking on a non-MySQL peer
+        message = str(exc) or type(exc).__name__
+        out.write(describe_connect_error(url, None, message) + "\n")
         return 2
     try:
         facts = await gather(conn)
     except (MySQLError, OSError) as exc:
-        message = str(exc)
-        out.write(f"lost {_host_port(url)} while checking it: {message}\n")
+        out.write(f"lost the connection to {_host_port(url)} while checking it: {exc}\n")
         return 2
     finally:
-        await conn.ensure_closed()
+        try:
+            await conn.ensure_closed()
+        except Exception:  # already gone: nothing left to close
+            conn.close()
     raw_id = url.option("server_id")
     replica_id = int(raw_id) if raw_id and raw_id.isdigit() else None
     findings = diagnose(
