@@ -20,6 +20,7 @@ from tidings.source.doctor import (
     Finding,
     ServerFacts,
     ServerVersion,
+    check_auth,
     check_binlog_checksum,
     check_binlog_filters,
     check_binlog_format,
@@ -37,6 +38,7 @@ from tidings.source.doctor import (
     describe_connect_error,
     diagnose,
     exit_code,
+    parse_auth_plugins,
     parse_grants,
     parse_version,
     quote_ident,
@@ -89,12 +91,20 @@ MYSQL_VARS = {
 REPL_GRANTS = ("GRANT SELECT, REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO `tidings`@`%`",)
 
 
+MARIADB_USER = "CREATE USER `tidings`@`%` IDENTIFIED BY PASSWORD '*D821809F681A40A6E379B50D04'"
+MYSQL_USER = (
+    "CREATE USER `tidings`@`%` IDENTIFIED WITH 'mysql_native_password' AS '*D821809F681A40A6' "
+    "REQUIRE NONE PASSWORD EXPIRE DEFAULT ACCOUNT UNLOCK PASSWORD HISTORY DEFAULT"
+)
+
+
 def facts(variables: dict[str, str], **changes: str) -> ServerFacts:
     return ServerFacts(
         variables={**variables, **changes},
         account=Account("tidings", "%"),
         grants=REPL_GRANTS,
         binlog_status=BinlogStatus("binlog.000003", 1234),
+        create_user=MARIADB_USER if variables is MARIADB_VARS else MYSQL_USER,
     )
 
 
@@ -490,6 +500,58 @@ def test_grants_roles_are_mentioned_when_rights_are_missing() -> None:
     assert finding.blocking and "repl" in finding.detail and "DEFAULT ROLE" in finding.detail
 
 
+# -- authentication ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("statement", "plugins"),
+    [
+        ("CREATE USER `root`@`localhost`", ["mysql_native_password"]),
+        (MARIADB_USER, ["mysql_native_password"]),
+        (MYSQL_USER, ["mysql_native_password"]),
+        (
+            "CREATE USER `c`@`%` IDENTIFIED VIA unix_socket OR mysql_native_password USING '*D8'",
+            ["unix_socket", "mysql_native_password"],
+        ),
+        (
+            "CREATE USER `e`@`%` IDENTIFIED VIA ed25519 USING 'ZIgUREUg5PVgQ6LskhXmO+eZLS0'",
+            ["ed25519"],
+        ),
+        (
+            "CREATE USER `m`@`%` IDENTIFIED WITH 'caching_sha2_password' AS '$A$005$\\'x\\'' "
+            "REQUIRE NONE PASSWORD EXPIRE DEFAULT ACCOUNT UNLOCK",
+            ["caching_sha2_password"],
+        ),
+    ],
+)
+def test_parse_auth_plugins(statement: str, plugins: list[str]) -> None:
+    assert parse_auth_plugins(statement) == plugins
+
+
+def test_auth_native_is_fine_others_get_an_alter_user() -> None:
+    who = Account("tidings", "%")
+    assert check_auth(["unix_socket", "mysql_native_password"], who, MARIADB).ok
+    ed = check_auth(["ed25519"], who, MARIADB)
+    assert ed.blocking and ed.fix == (
+        "ALTER USER `tidings`@`%` IDENTIFIED VIA mysql_native_password "
+        "USING PASSWORD('<password>');"
+    )
+    sha = check_auth(["caching_sha2_password"], who, MYSQL)
+    assert (sha.ok, sha.severity) == (False, "warning")
+    assert sha.fix is not None
+    assert sha.fix.startswith(
+        "ALTER USER `tidings`@`%` IDENTIFIED WITH mysql_native_password BY '<password>';"
+    )
+    assert "mysql_native_password=ON" in (
+        check_auth(["caching_sha2_password"], who, MYSQL_84).fix or ""
+    )
+    # MySQL 9 has no native passwords left: warm the cache instead
+    mysql9 = check_auth(["caching_sha2_password"], who, parse_version("9.1.0"))
+    assert mysql9.fix is not None and "mysql_native" not in mysql9.fix
+    unknown = check_auth(None, who, MARIADB)
+    assert not unknown.ok and not unknown.blocking
+
+
 # -- the whole diagnosis and its report -------------------------------------------------------
 
 
@@ -772,3 +834,20 @@ async def test_peers_that_are_not_mysql_exit_2() -> None:
         for server in (quiet, talker):
             server.close()
             await server.wait_closed()
+
+
+async def test_socket_or_native_account_passes_authentication(mariadb: PrivateMariaDB) -> None:
+    user = f"either_{uuid.uuid4().hex[:8]}"
+    mariadb.sql(
+        f"CREATE USER {user}@'%' IDENTIFIED VIA unix_socket OR mysql_native_password "
+        f"USING PASSWORD('pw');"
+        f"GRANT REPLICATION SLAVE, BINLOG MONITOR, SELECT ON *.* TO {user}@'%';"
+    )
+    try:
+        code, report = await doctor(mariadb.url(user, "pw"))
+    finally:
+        mariadb.sql(f"DROP USER {user}@'%';")
+    assert code == 0, report
+    assert row(report, "authentication") == (
+        "  ok    authentication       unix_socket or mysql_native_password"
+    )

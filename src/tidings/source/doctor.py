@@ -645,6 +645,71 @@ def check_grants(
     return Finding("privileges", False, "error", detail, fix)
 
 
+# -- authentication -------------------------------------------------------------------------
+
+#: what tidings' own replication client (`tidings.source.mysqlwire`) can log in with
+SUPPORTED_AUTH = ("mysql_native_password", "caching_sha2_password")
+
+
+def parse_auth_plugins(create_user: str) -> list[str]:
+    """The authentication plugins of a SHOW CREATE USER statement, in the order tried.
+
+    MySQL: `IDENTIFIED WITH 'plugin' AS '...'`; MariaDB: `IDENTIFIED VIA a USING '...' OR b`,
+    `IDENTIFIED BY PASSWORD '*...'` (native) or nothing at all (native, empty password).
+    """
+    tokens = _TOKEN.findall(create_user)
+    plugins: list[str] = []
+    for i, tok in enumerate(tokens[:-1]):
+        nxt = tokens[i + 1]
+        if _is_word(tok, "IDENTIFIED"):
+            if _is_word(nxt, "BY"):
+                plugins.append("mysql_native_password")
+            elif (_is_word(nxt, "WITH") or _is_word(nxt, "VIA")) and i + 2 < len(tokens):
+                plugins.append(_unquote(tokens[i + 2]).lower())
+        elif _is_word(tok, "OR") and plugins:
+            plugins.append(_unquote(nxt).lower())
+    return plugins or ["mysql_native_password"]
+
+
+def check_auth(plugins: Sequence[str] | None, account: Account, v: ServerVersion) -> Finding:
+    if plugins is None:
+        return Finding("authentication", False, "info", "SHOW CREATE USER failed: plugin unknown")
+    shown = " or ".join(plugins)
+    who = f"ALTER USER {account.sql()} IDENTIFIED"
+    if v.flavor == "mariadb":
+        alter = f"{who} VIA mysql_native_password USING PASSWORD('<password>');"
+    elif v.at_least(9, 0):  # MySQL 9 removed mysql_native_password
+        alter = f"{who} WITH caching_sha2_password BY '<password>';"
+    else:
+        alter = f"{who} WITH mysql_native_password BY '<password>';"
+        if v.at_least(8, 4):
+            alter += "\n(MySQL 8.4 first needs mysql_native_password=ON in my.cnf and a restart)"
+    if "mysql_native_password" in plugins:
+        return Finding("authentication", True, "error", shown)
+    warm_cache = (
+        "after each server restart, log in once with the mysql client (TLS or RSA) "
+        "before starting tidings"
+    )
+    if "caching_sha2_password" in plugins:
+        fix = warm_cache if v.at_least(9, 0) else f"{alter}\nor: {warm_cache}"
+        return Finding(
+            "authentication",
+            False,
+            "warning",
+            f"{shown}: tidings does its fast path only, which works once the server has cached "
+            "the password, i.e. after any client has logged in with TLS or RSA since the "
+            "last restart",
+            fix,
+        )
+    return Finding(
+        "authentication",
+        False,
+        "error",
+        f"{shown}: tidings logs in with {' or '.join(SUPPORTED_AUTH)} only",
+        alter,
+    )
+
+
 # -- binlog position ----------------------------------------------------------------------
 
 
@@ -727,6 +792,8 @@ class ServerFacts:
     binlog_status: BinlogStatus | None = None
     #: the server's message when the binlog status query failed
     binlog_status_error: str | None = None
+    #: SHOW CREATE USER of the account, when readable
+    create_user: str | None = None
 
     @property
     def version(self) -> ServerVersion:
@@ -759,6 +826,11 @@ def diagnose(
             v,
             database=database,
             status_readable=facts.binlog_status is not None,
+        ),
+        check_auth(
+            None if facts.create_user is None else parse_auth_plugins(facts.create_user),
+            facts.account,
+            v,
         ),
         check_binlog_position(facts.binlog_status, facts.binlog_status_error, v, var),
         check_binlog_filters(facts.binlog_status),
@@ -837,8 +909,9 @@ def describe_connect_error(url: MySQLURL, errno: int | None, message: str) -> st
     low = message.lower()
     if errno == 1045:
         hint = (
-            f"wrong password for {url.user!r}, or no such account for this client host "
-            "(check the URL; the server names the account it tried above)"
+            f"wrong password for {url.user!r}, no such account for this client host (the "
+            "server names the account it tried), or the account requires TLS, which tidings "
+            "does not speak"
         )
     elif errno == 1130:
         hint = (
@@ -853,8 +926,11 @@ def describe_connect_error(url: MySQLURL, errno: int | None, message: str) -> st
         hint = "the server is at max_connections: retry later or raise max_connections"
     elif errno == 3159 or "secure transport" in low:
         hint = "the server requires TLS (require_secure_transport)"
-    elif errno in (2059, 1251) or "plugin" in low:
-        hint = "the account uses an authentication plugin this client cannot speak"
+    elif errno in (2059, 1251) or "plugin" in low or "auth method" in low:
+        hint = (
+            "the account uses an authentication plugin tidings does not support: give it "
+            "mysql_native_password (ALTER USER ... IDENTIFIED VIA/WITH mysql_native_password)"
+        )
     elif "greeting" in low:
         hint = "the port accepts connections but says nothing: wrong port, or a proxy in between"
     elif "packet sequence" in low or "malformed packet" in low:
@@ -928,7 +1004,13 @@ async def gather(conn: Connection) -> ServerFacts:
                 ignore_db=row.get("Binlog_Ignore_DB", ""),
                 gtid=row.get("Executed_Gtid_Set", "").replace("\n", ""),
             )
-    return ServerFacts(variables, account, grants, status, error)
+    create_user: str | None = None
+    try:  # allowed for one's own account without any privilege
+        _, rows = await _query(conn, "SHOW CREATE USER CURRENT_USER()")
+        create_user = rows[0][0] if rows else None
+    except MySQLError:
+        pass  # MySQL < 5.7.6 / MariaDB < 10.2
+    return ServerFacts(variables, account, grants, status, error, create_user)
 
 
 async def _grants(conn: Connection, v: ServerVersion) -> tuple[str, ...]:
