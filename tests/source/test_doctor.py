@@ -244,7 +244,7 @@ def test_server_id() -> None:
     assert check_server_id({"server_id": "7"}).ok
     assert check_server_id({"server_id": "7"}, replica_server_id=1001).ok
     clash = check_server_id({"server_id": "7"}, replica_server_id=7)
-    assert clash.blocking and clash.fix is not None and "?server_id=" in clash.fix
+    assert clash.blocking and clash.fix is not None and "e.g. 1007" in clash.fix
 
 
 def test_gtid_mariadb() -> None:
@@ -681,13 +681,18 @@ def test_connect_error_hints(errno: int | None, message: str, hint: str) -> None
 
 
 async def doctor(
-    url: str, *, allow_names_from_schema: bool = False, connect_timeout: float = 10.0
+    url: str,
+    *,
+    allow_names_from_schema: bool = False,
+    replica_server_id: int | None = None,
+    connect_timeout: float = 10.0,
 ) -> tuple[int, str]:
     out = io.StringIO()
     code = await run_doctor(
         MySQLURL.parse(url),
         out,
         allow_names_from_schema=allow_names_from_schema,
+        replica_server_id=replica_server_id,
         connect_timeout=connect_timeout,
     )
     return code, out.getvalue()
@@ -711,6 +716,10 @@ async def test_well_configured_server_passes(mariadb: PrivateMariaDB) -> None:
         assert row(report, name).startswith("  ok  "), report
     assert "binlog." in row(report, "binlog position")
     assert "tidings connects as 4242" in row(report, "server_id")
+    # the id tidings registers with must not be the server's own (1 in the sandbox)
+    code, report = await doctor(mariadb.url(), replica_server_id=mariadb.server_id)
+    assert code == 1, report
+    assert row(report, "server_id").startswith("  FAIL  server_id")
 
 
 async def test_binlog_off_says_so_and_prints_the_fix(tmp_path: Path) -> None:

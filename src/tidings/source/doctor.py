@@ -133,7 +133,7 @@ MINIMUM: dict[Flavor, tuple[int, int, int]] = {"mariadb": (10, 5, 0), "mysql": (
 def check_version(v: ServerVersion, *, allow_names_from_schema: bool = False) -> Finding:
     need = MINIMUM[v.flavor]
     need_text = ".".join(map(str, need[:2] if v.flavor == "mariadb" else need))
-    required = f"{v.product} >= {need_text} needed for binlog_row_metadata=FULL"
+    required = f"{v.product} >= {need_text} writes binlog_row_metadata=FULL"
     if v.patch is None and (v.major, v.minor) == need[:2] and need[2]:
         return Finding("server", False, "warning", f"{v.text}: patch level unknown ({required})")
     if v.at_least(*need):
@@ -291,9 +291,9 @@ def check_server_id(variables: Mapping[str, str], replica_server_id: int | None 
             "server_id",
             False,
             "error",
-            f"{server_id}, the same as tidings' own ?server_id={replica_server_id}: "
+            f"{server_id}, the same as the server_id tidings registers with: "
             "the server would take tidings for itself",
-            "give tidings another id in the URL, e.g. ?server_id=" + str(server_id + 1000),
+            f"give tidings another id (--server-id / server_id), e.g. {server_id + 1000}",
         )
     mine = f" (tidings connects as {replica_server_id})" if replica_server_id is not None else ""
     return Finding("server_id", True, "error", f"{server_id}{mine}")
@@ -390,7 +390,7 @@ def check_retention(variables: Mapping[str, str], v: ServerVersion) -> Finding:
             "binlog retention",
             True,
             "info",
-            "binlogs are never purged automatically (disk grows until PURGE BINARY LOGS)",
+            "never expire: binlogs pile up until PURGE BINARY LOGS",
         )
     if seconds >= DAY:
         return Finding(
@@ -1040,12 +1040,14 @@ async def run_doctor(
     out: TextIO,
     *,
     allow_names_from_schema: bool = False,
+    replica_server_id: int | None = None,
     connect_timeout: float = 10.0,
 ) -> int:
     """Check the server at `url` and print the report to `out`.
 
-    Returns 0 when every required check passes, 1 when something must be fixed and 2 when
-    the server cannot be reached or refuses the login.
+    `replica_server_id` is the id tidings will register with (default: the URL's
+    `?server_id=`, else unchecked). Returns 0 when every required check passes, 1 when
+    something must be fixed and 2 when the server cannot be reached or refuses the login.
     """
     try:
         # asyncmy's own timeout covers the TCP connect, not a peer that never greets
@@ -1082,12 +1084,13 @@ async def run_doctor(
             await conn.ensure_closed()
         except Exception:  # already gone: nothing left to close
             conn.close()
-    raw_id = url.option("server_id")
-    replica_id = int(raw_id) if raw_id and raw_id.isdigit() else None
+    if replica_server_id is None:
+        raw_id = url.option("server_id")
+        replica_server_id = int(raw_id) if raw_id and raw_id.isdigit() else None
     findings = diagnose(
         facts,
         allow_names_from_schema=allow_names_from_schema,
-        replica_server_id=replica_id,
+        replica_server_id=replica_server_id,
         database=url.database,
     )
     title = f"tidings doctor: {url.redacted()}  ({facts.version.text}, as {facts.account.sql()})"
