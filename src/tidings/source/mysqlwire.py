@@ -302,6 +302,8 @@ def parse_greeting(payload: bytes) -> Greeting:
         raise ProtocolError(f"unsupported handshake protocol version {got} (need 10)")
     try:
         version, pos = read_nul_bytes(payload, 1)
+        if len(payload) < pos + 15:  # connection id, scramble part 1, filler, capabilities
+            raise IndexError
         connection_id = int.from_bytes(payload[pos : pos + 4], "little")
         data1 = payload[pos + 4 : pos + 12]
         pos += 13  # 8 bytes of scramble + filler
