@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from tidings import __version__
-from tidings.config import ConfigError, add_arguments, from_arguments, parse_hostport
+from tidings.config import ConfigError, Settings, add_arguments, from_arguments, parse_hostport
 
 DESCRIPTION = """\
 tidings pushes every committed MySQL/MariaDB row change to subscribers the
