@@ -89,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept binlog_row_metadata=MINIMAL (see `serve --names-from-schema`)",
     )
+    doctor.add_argument(
+        "--server-id",
+        type=int,
+        default=Settings().server_id,
+        metavar="N",
+        help="the server_id tidings will register with (checked for clashes)",
+    )
 
     demo = sub.add_parser(
         "demo",
@@ -137,7 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             url = MySQLURL.parse(args.mysql)
             return asyncio.run(
-                run_doctor(url, sys.stdout, allow_names_from_schema=args.allow_names_from_schema)
+                run_doctor(
+                    url,
+                    sys.stdout,
+                    allow_names_from_schema=args.allow_names_from_schema,
+                    replica_server_id=args.server_id,
+                )
             )
         if args.command == "demo":
             _setup_logging("warning")
