@@ -276,6 +276,8 @@ class MySQLConnection:
     async def _run(self, sql: str) -> wire.ResultReader:
         if self._busy:
             raise RuntimeError("another command is in progress on this connection")
+        if self._streaming:
+            raise RuntimeError("this connection is streaming the binlog; open another for queries")
         self._busy = True
         try:
             self._command(wire.com_query(sql))
@@ -440,6 +442,8 @@ class MySQLConnection:
         """Close at once (COM_QUIT when idle, then close); pending reads raise ConnectionLost."""
         protocol = self._protocol
         protocol.set_idle_timeout(0)
+        protocol.queue.clear()  # unread packets are moot once we hang up
+        protocol.queued_bytes = 0
         if protocol.error is None:
             protocol.error = ConnectionLost("connection closed by the client")
             transport = protocol.transport
