@@ -267,10 +267,12 @@ async def test_sync_redis_py_and_redis_cli_subscribe(
         stdout=subprocess.PIPE,
         text=True,
     )
+    # the daemon shares this thread's event loop: blocking clients run in threads
     sync_client = redis.Redis(host=host, port=port)
     sync_sub = sync_client.pubsub()
-    sync_sub.subscribe(f"{schema}.orders")
-    assert sync_sub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+    await asyncio.to_thread(sync_sub.subscribe, f"{schema}.orders")
+    confirmation = await asyncio.to_thread(sync_sub.get_message, timeout=5)
+    assert confirmation is not None and confirmation["type"] == "subscribe"
     try:
         assert proc.stdout is not None
         # redis-cli prints "subscribe", the channel and the count once subscribed

@@ -109,7 +109,7 @@ class Daemon:
     async def run(self) -> None:
         """Serve until stop() or a fatal source error."""
         await self.start()
-        tasks = [asyncio.ensure_future(self._stopping.wait())]
+        tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stopping.wait())]
         if self.replica is not None:
             tasks.append(asyncio.ensure_future(self._pump(self.replica)))
         try:

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import asyncmy
 import orjson
@@ -90,7 +90,7 @@ async def _writer(port: int, seconds: float, out: TextIO) -> int:
                         "UPDATE shop.orders SET status='paid' WHERE id=%s AND status='new'", (oid,)
                     )
                     print(f"writer: UPDATE order {oid} -> paid", file=out)
-                    rows += cur.rowcount
+                    rows += cast(int, cur.rowcount)
                 elif kind == 5:
                     # one transaction, two tables: arrives complete and contiguous
                     await cur.execute(
@@ -108,7 +108,7 @@ async def _writer(port: int, seconds: float, out: TextIO) -> int:
                     oid = order_ids.pop(0)
                     await cur.execute("DELETE FROM shop.orders WHERE id=%s", (oid,))
                     print(f"writer: DELETE order {oid}", file=out)
-                    rows += cur.rowcount
+                    rows += cast(int, cur.rowcount)
                 await conn.commit()
                 await asyncio.sleep(0.7)
             # a rolled-back transaction: produces nothing

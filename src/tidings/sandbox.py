@@ -173,6 +173,7 @@ class PrivateMariaDB:
             f"-P{self.port}",
             "--batch",
             "--skip-column-names",
+            "--default-character-set=utf8mb4",
         ]
         if database:
             cmd.append(database)
