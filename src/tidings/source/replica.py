@@ -28,7 +28,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tidings.source import mysqlwire as wire
 from tidings.source.changes import Position, Transaction
@@ -36,7 +36,7 @@ from tidings.source.connection import BinlogUnavailable, ConnectionLost, MySQLCo
 from tidings.source.url import MySQLURL
 
 if TYPE_CHECKING:
-    from tidings.source.binlog import TableInfo
+    from tidings.source.binlog import TableInfo, TableInfoRequest
 
 log = logging.getLogger("tidings.source.replica")
 
@@ -48,9 +48,9 @@ class ReplicaError(Exception):
 class Decoder(Protocol):
     """What the replica needs of `tidings.source.binlog.BinlogDecoder`."""
 
-    def feed(self, event: bytes) -> Any: ...  # Transaction | TableInfoRequest | None
+    def feed(self, event: bytes) -> Transaction | TableInfoRequest | None: ...
 
-    def provide_table_info(self, request: Any, info: Any) -> None: ...
+    def provide_table_info(self, request: TableInfoRequest, info: TableInfo | None) -> None: ...
 
     def reset(self, position: Position) -> None: ...
 
