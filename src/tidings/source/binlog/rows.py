@@ -78,6 +78,13 @@ _HELPERS: dict[str, Any] = {
     "_geometry": _geometry,
     "_null_error": _null_in_not_null,
     "_from_bytes": int.from_bytes,
+    "_TWO": v.TWO_DIGITS,
+    "_dtp": v.DATETIME_PREFIX,
+    "_dt_prefix": v.datetime2_prefix,
+    "_tsp": v.EPOCH_PREFIX,
+    "_ts_prefix": v.epoch_prefix,
+    "_dates": v.DATES,
+    "_date_text": v.date_text,
 }
 
 
@@ -287,6 +294,9 @@ def _value_lines(src: _Source, binding: Binding, col: Column, var: str) -> list[
         size = src.ns[unpack].size
         unpack_line = f"{var}, = {unpack}.unpack_from(buf, pos)"
         return [unpack_line, f"pos += {size}", *_post_struct(col, var)]
+    inline = _INLINE.get(t)
+    if inline is not None and (lines := inline(col, var)):
+        return lines
     size = _fixed_size(col)
     if size is not None:
         return [f"{var} = {_fixed_expr(src, col)}", f"pos += {size}"]
@@ -308,6 +318,97 @@ def _value_lines(src: _Source, binding: Binding, col: Column, var: str) -> list[
     else:
         expr = _text_expr(src, binding, col, data)
     return [f"n = {_length_prefix(width)}", f"pos += {width}", f"{var} = {expr}", "pos += n"]
+
+
+def _frac_format(fsp: int) -> str:
+    """f-string piece for the fraction of TIME2/DATETIME2/TIMESTAMP2 held in `y`'s low bytes."""
+    if not fsp:
+        return ""
+    width = v.frac_size(fsp)
+    value = f"y & {(1 << 8 * width) - 1}"
+    extra_digits = 2 * width - fsp  # the stored fraction has an even number of digits
+    if extra_digits:
+        value = f"({value}) // 10"
+    return f".{{{value}:0{fsp}d}}"
+
+
+def _datetime2_lines(col: Column, var: str) -> list[str]:
+    fsp = col.length
+    shift = 8 * v.frac_size(fsp)
+    size = 5 + v.frac_size(fsp)
+    seconds = f"y >> {shift} & 63" if shift else "y & 63"
+    return [
+        f"y = _from_bytes(buf[pos:pos + {size}], 'big')",
+        f"pos += {size}",
+        f"k = y >> {shift + 6}",
+        "p = _dtp.get(k)",
+        "if p is None:",
+        "    p = _dt_prefix(k)",
+        f"{var} = f'{{p}}{{_TWO[{seconds}]}}{_frac_format(fsp)}'",
+    ]
+
+
+def _timestamp2_lines(col: Column, var: str) -> list[str]:
+    fsp = col.length
+    shift = 8 * v.frac_size(fsp)
+    size = 4 + v.frac_size(fsp)
+    zero = "0000-00-00T00:00:00" + ("." + "0" * fsp if fsp else "") + "Z"
+    return [
+        f"y = _from_bytes(buf[pos:pos + {size}], 'big')",
+        f"pos += {size}",
+        "if y:",
+        f"    s = y >> {shift}" if shift else "    s = y",
+        "    k = s // 60",
+        "    p = _tsp.get(k)",
+        "    if p is None:",
+        "        p = _ts_prefix(k)",
+        f"    {var} = f'{{p}}{{_TWO[s % 60]}}{_frac_format(fsp)}Z'",
+        "else:",
+        f"    {var} = {zero!r}",
+    ]
+
+
+def _date_lines(col: Column, var: str) -> list[str]:
+    return [
+        "x = buf[pos] | buf[pos + 1] << 8 | buf[pos + 2] << 16",
+        "pos += 3",
+        f"{var} = _dates.get(x)",
+        f"if {var} is None:",
+        f"    {var} = _date_text(x)",
+    ]
+
+
+def _decimal_lines(col: Column, var: str) -> list[str]:
+    """DECIMAL of up to 9 integer and 9 fraction digits: one integer, two bit fields."""
+    precision, scale = col.length, col.scale
+    if precision - scale > 9 or scale > 9:
+        return []  # several 9-digit groups: the general helper
+    size = v.decimal_size(precision, scale)
+    frac_bits = 8 * v.DIG2BYTES[scale]
+    sign = 1 << (8 * size - 1)
+    if scale:
+        text = f"f'{{x >> {frac_bits}}}.{{x & {(1 << frac_bits) - 1}:0{scale}d}}'"
+    else:
+        text = "str(x)"
+    return [
+        f"x = _from_bytes(buf[pos:pos + {size}], 'big')",
+        f"pos += {size}",
+        f"if x & {sign}:",  # the sign bit is set for positive values
+        f"    x ^= {sign}",
+        f"    {var} = {text}",
+        "else:",  # negative: every bit is stored inverted
+        f"    x ^= {sign - 1}",
+        f"    {var} = '-' + {text} if x else {text}",
+    ]
+
+
+_INLINE: dict[int, Callable[[Column, str], list[str]]] = {
+    c.T_DATETIME2: _datetime2_lines,
+    c.T_TIMESTAMP2: _timestamp2_lines,
+    c.T_DATE: _date_lines,
+    c.T_NEWDATE: _date_lines,
+    c.T_NEWDECIMAL: _decimal_lines,
+}
 
 
 def _fixed_expr(src: _Source, col: Column) -> str:
