@@ -385,3 +385,37 @@ async def test_connection_reset_and_close(
     stream.close()
     with pytest.raises(ConnectionLost, match="closed by the client"):
         await asyncio.wait_for(pending, 5)
+
+
+def test_works_on_uvloop(mariadb: PrivateMariaDB, replica_server_id: int) -> None:
+    """The daemon runs on uvloop when installed: its transports are not asyncio subclasses."""
+    uvloop = pytest.importorskip("uvloop")
+    url = MySQLURL.parse(mariadb.url())
+
+    async def main() -> list[int]:
+        admin = await MySQLConnection.connect(url)
+        stream = await MySQLConnection.connect(url, high_water=8 * 1024, low_water=1024)
+        try:
+            await admin.execute("CREATE DATABASE IF NOT EXISTS uv")
+            await admin.execute("CREATE TABLE IF NOT EXISTS uv.t (id INT PRIMARY KEY, p TEXT)")
+            await stream.start_binlog(
+                server_id=replica_server_id, position=await admin.current_position()
+            )
+            await admin.execute(
+                "INSERT INTO uv.t SELECT seq, REPEAT('x', 500) FROM mysql.seq_1_to_200"
+            )
+            for i in range(1, 20):
+                await admin.execute(f"UPDATE uv.t SET p = 'y' WHERE id = {i}")
+            await wait_until(lambda: stream.reading_paused, what="paused on uvloop")
+            types: list[int] = []
+            while types.count(XID) < 20:
+                event = await asyncio.wait_for(stream.next_event(), 10)
+                assert event is not None
+                types.append(event_type(event))
+            return types
+        finally:
+            stream.close()
+            admin.close()
+
+    types = uvloop.run(main())
+    assert types.count(XID) == 20 and WRITE_ROWS_V1 in types

@@ -25,6 +25,7 @@ import re
 import socket
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import cast
 
 from tidings.source import mysqlwire as wire
 from tidings.source.changes import Position
@@ -82,8 +83,8 @@ class _ClientProtocol(asyncio.Protocol):
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:  # the kernel notices a dead peer even when our own watchdog is off
