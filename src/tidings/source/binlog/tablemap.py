@@ -133,7 +133,23 @@ def _column(index: int, type_: int, meta: Reader, nullable: bool) -> Column:
             col.length = b1
     elif type_ in (c.T_TIMESTAMP2, c.T_DATETIME2, c.T_TIME2):
         col.length = meta.u8()
+    _check(col)
     return col
+
+
+def _check(col: Column) -> None:
+    """Reject metadata no server writes, so row decoding can trust it."""
+    t, n = col.type, col.length
+    bad = (
+        (t == c.T_NEWDECIMAL and not (col.scale <= n <= 65 and col.scale <= 38 and n > 0))
+        or (t in (c.T_TIMESTAMP2, c.T_DATETIME2, c.T_TIME2) and n > 6)
+        or ((t in _BLOBS or t in (c.T_GEOMETRY, c.T_JSON)) and not 1 <= n <= 4)
+        or (t == c.T_BIT and n > 64)
+        or (t == c.T_ENUM and n not in (1, 2))
+        or (t == c.T_SET and not 1 <= n <= 8)
+    )
+    if bad:
+        raise BinlogError(f"bad TABLE_MAP metadata for column {col.index + 1} (type {t})")
 
 
 def _optional_metadata(tm: TableMap, r: Reader, mariadb: bool) -> None:
