@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import shutil
 import struct
+import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -324,11 +328,63 @@ def test_handshake_caching_sha2_fast_path() -> None:
     assert hs.receive(ok_packet()) is None and hs.done
 
 
-def test_handshake_caching_sha2_full_auth_is_a_clear_error() -> None:
+@pytest.fixture(scope="module")
+def rsa_key(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A throwaway RSA key pair made by openssl: an independent RSA implementation."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl not installed")
+    d = tmp_path_factory.mktemp("rsa")
+    key, spki, pkcs1 = d / "key.pem", d / "pub.pem", d / "pub_pkcs1.pem"
+    run = functools.partial(subprocess.run, check=True, capture_output=True)
+    run([openssl, "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key])
+    run([openssl, "pkey", "-in", key, "-pubout", "-out", spki])
+    run([openssl, "rsa", "-in", key, "-RSAPublicKey_out", "-out", pkcs1])
+    return {"key": key, "spki": spki, "pkcs1": pkcs1, "openssl": Path(openssl)}
+
+
+def openssl_oaep_decrypt(keys: dict[str, Path], ciphertext: bytes) -> bytes:
+    result = subprocess.run(
+        [
+            str(keys["openssl"]),
+            *("pkeyutl", "-decrypt", "-inkey", str(keys["key"])),
+            *("-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha1"),
+        ],
+        input=ciphertext,
+        check=True,
+        capture_output=True,
+    )
+    return result.stdout
+
+
+@pytest.mark.parametrize("form", ["spki", "pkcs1"])
+def test_password_encryption_decrypts_with_openssl(rsa_key: dict[str, Path], form: str) -> None:
+    pem = rsa_key[form].read_bytes()
+    nonce = b"0123456789abcdefghij"
+    password = "a longer p\u00e4ssword than the twenty-byte nonce".encode()
+    ciphertext = wire.encrypt_password(password, nonce, pem)
+    assert len(ciphertext) == 256
+    plain = openssl_oaep_decrypt(rsa_key, ciphertext)
+    expected = password + b"\x00"
+    mask = (nonce * 3)[: len(expected)]
+    assert plain == bytes(a ^ b for a, b in zip(expected, mask, strict=True))
+
+
+def test_handshake_caching_sha2_full_auth(rsa_key: dict[str, Path]) -> None:
     hs = wire.Handshake("u", "pw")
     hs.start(MYSQL_GREETING)
-    with pytest.raises(wire.AuthError, match=r"full authentication.*TLS or RSA"):
-        hs.receive(b"\x01\x04")
+    assert hs.receive(b"\x01\x04") == b"\x02"  # no cached hash: ask for the RSA key
+    reply = hs.receive(b"\x01" + rsa_key["spki"].read_bytes())
+    assert reply is not None
+    plain = openssl_oaep_decrypt(rsa_key, reply)
+    assert plain == bytes(a ^ b for a, b in zip(b"pw\x00", MYSQL_NONCE, strict=False))
+    assert hs.receive(ok_packet()) is None and hs.done
+
+
+def test_bad_rsa_key_is_an_auth_error() -> None:
+    pem = b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
+    with pytest.raises(wire.AuthError, match="RSA public key"):
+        wire.encrypt_password(b"pw", b"n" * 20, pem)
 
 
 def test_handshake_ed25519_names_the_plugin() -> None:

@@ -8,8 +8,9 @@ whole payloads. `frame()` does the reverse for what the client sends.
 
 A connection starts with the server's greeting (`parse_greeting`), answered by
 a HandshakeResponse41 that `Handshake` builds; `Handshake.receive()` then
-consumes the server's replies (auth switch, caching_sha2 fast-auth, OK/ERR)
-until it is `done`, returning each payload the client must send back. After
+consumes the server's replies (auth switch, caching_sha2 fast auth, or its
+full auth with the password RSA-encrypted to the server's key, OK/ERR) until
+it is `done`, returning each payload the client must send back. After
 that, commands (`com_query`, `com_register_slave`, `com_binlog_dump`, ...)
 produce payloads, and `ResultReader` turns the replies to one COM_QUERY into an
 `OkPacket` or a text result set. Nothing here touches a socket or a clock.
@@ -17,7 +18,9 @@ produce payloads, and `ResultReader` turns the replies to one COM_QUERY into an
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -395,6 +398,71 @@ def auth_response(plugin: str, password: bytes, nonce: bytes) -> bytes:
     )
 
 
+# -- caching_sha2_password full authentication: RSA-OAEP, stdlib only ---------------------------
+def _der_read(data: bytes, pos: int, tag: int) -> tuple[bytes, int]:
+    """One DER element of type `tag` at `pos`: (contents, position after it)."""
+    if data[pos] != tag:
+        raise ValueError(f"DER: expected tag 0x{tag:02x}, got 0x{data[pos]:02x}")
+    length = data[pos + 1]
+    pos += 2
+    if length & 0x80:  # long form: the low bits count the length bytes
+        count = length & 0x7F
+        length = int.from_bytes(data[pos : pos + count], "big")
+        pos += count
+    if pos + length > len(data):
+        raise ValueError("DER: element runs past the end")
+    return data[pos : pos + length], pos + length
+
+
+def parse_rsa_public_key(pem: bytes) -> tuple[int, int]:
+    """(modulus, exponent) of a PEM public key: SubjectPublicKeyInfo or PKCS#1 RSAPublicKey."""
+    text = pem.decode("ascii", "replace")
+    lines = [ln.strip() for ln in text.strip().splitlines()]
+    body = "".join(ln for ln in lines if ln and not ln.startswith("-----"))
+    try:
+        der = base64.b64decode(body, validate=True)
+        seq, _ = _der_read(der, 0, 0x30)
+        if "BEGIN RSA PUBLIC KEY" not in text:  # SubjectPublicKeyInfo wraps PKCS#1
+            _, pos = _der_read(seq, 0, 0x30)  # AlgorithmIdentifier (rsaEncryption)
+            bits, _ = _der_read(seq, pos, 0x03)
+            seq, _ = _der_read(bits[1:], 0, 0x30)  # skip the unused-bits byte
+        n, pos = _der_read(seq, 0, 0x02)
+        e, _ = _der_read(seq, pos, 0x02)
+    except (ValueError, IndexError) as exc:
+        raise AuthError(f"cannot read the server's RSA public key: {exc}") from None
+    return int.from_bytes(n, "big"), int.from_bytes(e, "big")
+
+
+def _mgf1_sha1(seed: bytes, length: int) -> bytes:
+    out = b"".join(
+        hashlib.sha1(seed + i.to_bytes(4, "big")).digest() for i in range((length + 19) // 20)
+    )
+    return out[:length]
+
+
+def rsa_oaep_encrypt(message: bytes, n: int, e: int, seed: bytes | None = None) -> bytes:
+    """RSAES-OAEP (SHA-1, MGF1-SHA-1, empty label) as MySQL's RSA_PKCS1_OAEP_PADDING."""
+    k = (n.bit_length() + 7) // 8
+    hlen = 20
+    if len(message) > k - 2 * hlen - 2:
+        raise AuthError("password too long for the server's RSA key")
+    db = hashlib.sha1(b"").digest() + bytes(k - len(message) - 2 * hlen - 2) + b"\x01" + message
+    seed = seed if seed is not None else os.urandom(hlen)
+    masked_db = _xor(db, _mgf1_sha1(seed, k - hlen - 1))
+    masked_seed = _xor(seed, _mgf1_sha1(masked_db, hlen))
+    em = int.from_bytes(b"\x00" + masked_seed + masked_db, "big")
+    return pow(em, e, n).to_bytes(k, "big")
+
+
+def encrypt_password(password: bytes, nonce: bytes, public_key_pem: bytes) -> bytes:
+    """caching_sha2/sha256 full auth without TLS: RSA-OAEP of (password NUL) XOR the nonce."""
+    plain = password + b"\x00"
+    nonce = nonce[:20] or b"\x00"
+    mask = (nonce * (len(plain) // len(nonce) + 1))[: len(plain)]
+    n, e = parse_rsa_public_key(public_key_pem)
+    return rsa_oaep_encrypt(_xor(plain, mask), n, e)
+
+
 def _connect_attrs(attrs: dict[str, str]) -> bytes:
     body = b"".join(
         lenenc_int(len(k)) + k + lenenc_int(len(v)) + v
@@ -413,6 +481,7 @@ class Handshake:
     """
 
     __slots__ = (
+        "_awaiting_key",
         "_nonce",
         "_plugin",
         "attrs",
@@ -444,6 +513,7 @@ class Handshake:
         self.done = False
         self._plugin = ""
         self._nonce = b""
+        self._awaiting_key = False
 
     def start(self, payload: bytes) -> bytes:
         greeting = self.greeting = parse_greeting(payload)
@@ -505,12 +575,13 @@ class Handshake:
             if payload[1:2] == b"\x03":  # fast auth succeeded: the OK packet follows
                 return None
             if payload[1:2] == b"\x04":
-                raise AuthError(
-                    "caching_sha2_password needs full authentication (the server has no cached "
-                    "hash for this user), which requires TLS or RSA and tidings does not implement "
-                    "them: log in once with the mysql client to fill the server's cache, or give "
-                    "the replication user mysql_native_password"
-                )
+                # full authentication (no cached hash on the server, e.g. after a restart):
+                # without TLS, ask for the server's RSA key and send the password encrypted
+                self._awaiting_key = True
+                return b"\x02"
+            if self._awaiting_key and b"-----BEGIN" in payload[:40]:
+                self._awaiting_key = False
+                return encrypt_password(self.password, self._nonce, payload[1:])
         raise ProtocolError(f"unexpected packet during authentication: {payload[:32]!r}")
 
 
