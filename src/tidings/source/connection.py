@@ -387,6 +387,11 @@ class MySQLConnection:
             "@master_binlog_checksum=@@global.binlog_checksum",
             f"@master_heartbeat_period={heartbeat_ns}",
         ]
+        if not self.is_mariadb:  # MySQL 8.0.26+ reads the renamed variables first
+            settings += [
+                "@source_binlog_checksum=@@global.binlog_checksum",
+                f"@source_heartbeat_period={heartbeat_ns}",
+            ]
         if self.is_mariadb:
             settings.append("@mariadb_slave_capability=4")  # GTID-aware: GTID events, no BEGIN
             if gtid:
