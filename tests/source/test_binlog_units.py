@@ -172,7 +172,7 @@ def test_date_and_zero_date() -> None:
         (0, (0, 0, 0, 0, 0, 0, 0), "0000-00-00T00:00:00"),
     ],
 )
-def test_datetime2(fsp: int, parts: tuple[int, ...], text: str) -> None:
+def test_datetime2(fsp: int, parts: tuple[int, int, int, int, int, int, int], text: str) -> None:
     assert decode_one(18, bytes([fsp]), datetime2_bytes(*parts, fsp)) == text
 
 
@@ -212,7 +212,7 @@ def test_timestamp2_is_utc(fsp: int, seconds: int, usec: int, text: str) -> None
         (6, (True, 0, 0, 0, 1), "-00:00:00.000001"),
     ],
 )
-def test_time2(fsp: int, parts: tuple[Any, ...], text: str) -> None:
+def test_time2(fsp: int, parts: tuple[bool, int, int, int, int], text: str) -> None:
     assert decode_one(19, bytes([fsp]), time2_bytes(*parts, fsp)) == text
 
 
