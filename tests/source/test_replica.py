@@ -367,3 +367,30 @@ async def test_server_id_collision_is_detected(
         assert second.connected
     finally:
         await other.stop()
+
+
+async def test_server_id_taken_over_while_disconnected(
+    mariadb: PrivateMariaDB, admin: MySQLConnection, replica_server_id: int
+) -> None:
+    """MySQL closes a pushed-out replica's connection without saying why: on reconnect,
+    finding another replica registered with our server_id is fatal, not a retry loop."""
+    proxy = await FaultProxy("127.0.0.1", mariadb.port).start()
+    intruder = await MySQLConnection.connect(MySQLURL.parse(mariadb.url()))
+    try:
+        replica = make_replica(MySQLURL(port=proxy.port), replica_server_id, backoff_initial=1.0)
+        consumer = Consumer(replica)
+        await wait_until(lambda: replica.connected, what="connected")
+        proxy.cut()
+        await wait_until(lambda: replica.reconnects == 1, what="loss noticed")
+        await intruder.start_binlog(
+            server_id=replica_server_id,
+            position=await admin.current_position(),
+            report_host="intruder",
+        )
+        # start_binlog returns once COM_REGISTER_SLAVE is acknowledged: it is registered
+        assert [r[1] for r in await admin.query("SHOW SLAVE HOSTS")].count("intruder") == 1
+        with pytest.raises(ReplicaError, match=r"'intruder'.*server_id"):
+            await asyncio.wait_for(consumer.task, 10)
+    finally:
+        intruder.close()
+        await proxy.close()

@@ -334,7 +334,7 @@ class Replica:
                             "a saved position to follow from the current end, and resynchronise "
                             "subscribers"
                         )
-                await self._warn_on_server_id_clash(conn)
+                await self._check_server_id_clash(conn)
                 if self._decoder is None:
                     self._decoder = self._make_decoder(self.position, self.names_from_binlog)
                 else:
@@ -374,21 +374,37 @@ class Replica:
                 binlog_format,
             )
 
-    async def _warn_on_server_id_clash(self, conn: MySQLConnection) -> None:
+    async def _check_server_id_clash(self, conn: MySQLConnection) -> None:
+        """Look for another replica registered with our server_id (SHOW SLAVE HOSTS).
+
+        On the first connection it may be a stale registration (an earlier run):
+        warn, and the server disconnects it when we register. After we lost a
+        working stream, it is the replica that pushed us out (MySQL just closes
+        the old connection instead of telling it why): retrying would push each
+        other out forever, so that is a ReplicaError.
+        """
         try:
             rows = await conn.query("SHOW SLAVE HOSTS")
         except wire.ServerError:
             return  # needs a privilege we may not have; the server will tell us if we clash
         for row in rows:
-            if row[0] == str(self.server_id) and row[1] != self.report_host:
-                log.warning(
-                    "server_id %d is already registered on %s by %r (another replica, or an "
-                    "earlier tidings run): the server will disconnect it now; if both keep "
-                    "running they will disconnect each other. Give each replica its own server_id",
-                    self.server_id,
-                    self.url.redacted(),
-                    row[1],
+            if row[0] != str(self.server_id) or row[1] == self.report_host:
+                continue
+            if self.reconnects:
+                raise ReplicaError(
+                    f"another replica ({row[1]!r}) is connected to {self.url.redacted()} with "
+                    f"server_id {self.server_id} and took over this replica's stream. Every "
+                    "replica needs its own server_id: give tidings a unique one "
+                    "(?server_id=N in the URL / --server-id)"
                 )
+            log.warning(
+                "server_id %d is already registered on %s by %r (another replica, or an "
+                "earlier tidings run): the server will disconnect it now; if both keep "
+                "running they will disconnect each other. Give each replica its own server_id",
+                self.server_id,
+                self.url.redacted(),
+                row[1],
+            )
 
     def _drop(self, conn: MySQLConnection) -> None:
         conn.close()
