@@ -111,6 +111,7 @@ class Outbox:
         "_linger",
         "_paused",
         "_size",
+        "_threshold",
         "closed",
         "farewell",
         "flusher",
@@ -148,6 +149,8 @@ class Outbox:
         self._dirty = False  # registered with the flusher for this iteration
         self._paused = False  # the transport asked us to stop (pause_writing)
         self._linger: asyncio.TimerHandle | None = None
+        self._threshold = 0  # write() takes the slow path when the queue passes this
+        self._update_threshold()
 
     @property
     def queued(self) -> int:
@@ -160,17 +163,37 @@ class Outbox:
 
     def write(self, data: bytes) -> None:
         """Queue `data`; cut the connection off if its output passes the limit."""
+        size = self._size + len(data)
+        if size > self._threshold:  # early-flush size, limit or closed: the rare cases
+            self._write_slow(data, size)
+            return
+        self._chunks.append(data)
+        self._size = size
+        if not self._dirty:
+            self._dirty = True
+            self.flusher.add(self)
+
+    def _write_slow(self, data: bytes, size: int) -> None:
         if self.closed:
             return
         self._chunks.append(data)
-        size = self._size = self._size + len(data)
+        self._size = size
         if size + self._backlog > self.limit:
             self._check_limit()
-        elif not self._dirty:
+            return
+        if not self._dirty:
             self._dirty = True
             self.flusher.add(self)
-        elif size >= EARLY_FLUSH and not self._paused:
+        if size >= EARLY_FLUSH and not self._paused:
             self._send()
+
+    def _update_threshold(self) -> None:
+        """Precompute the one number `write` compares against (keeps the hot path short)."""
+        if self.closed:
+            self._threshold = -1
+        else:
+            room = self.limit - self._backlog
+            self._threshold = room if self._paused else min(room, EARLY_FLUSH - 1)
 
     def flush(self) -> None:
         """Hand the queue to the transport (called by the flusher once per iteration)."""
@@ -189,6 +212,7 @@ class Outbox:
         self._size = 0
         transport.write(data)
         self._backlog = transport.get_write_buffer_size()
+        self._update_threshold()
         stats = self.flusher.stats
         stats.writes += 1
         stats.bytes_written += len(data)
@@ -198,6 +222,7 @@ class Outbox:
         self._backlog = transport.get_write_buffer_size()
         held = self._size + self._backlog
         if held <= self.limit:
+            self._update_threshold()
             if not self._dirty:
                 self._dirty = True
                 self.flusher.add(self)
@@ -214,15 +239,18 @@ class Outbox:
 
     def _drop(self) -> None:
         self.closed = True
+        self._threshold = -1
         self._chunks = []
         self._size = 0
 
     # -- flow control (forward the protocol's pause_writing/resume_writing here) -----------
     def pause_writing(self) -> None:
         self._paused = True
+        self._update_threshold()
 
     def resume_writing(self) -> None:
         self._paused = False
+        self._update_threshold()
         if self._chunks and not self.closed:
             self._send()
 

@@ -28,7 +28,7 @@ import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, cast
 
 from tidings.event import Event
 from tidings.hub import GlobPattern, Hub
@@ -154,10 +154,12 @@ class RespConnection(asyncio.Protocol):
 
     __slots__ = (
         "_closed",
+        "_logged",
         "_message_encode",
         "_message_key",
         "_pmessage_key",
         "_read_paused",
+        "_write",
         "channels",
         "hub",
         "id",
@@ -176,6 +178,7 @@ class RespConnection(asyncio.Protocol):
 
     transport: asyncio.Transport
     outbox: Outbox
+    _write: Callable[[bytes], None]  # outbox.write, bound once
 
     def __init__(self, service: RespService, conn_id: int) -> None:
         self.service = service
@@ -193,6 +196,7 @@ class RespConnection(asyncio.Protocol):
         self.channels: dict[str, None] = {}
         self.patterns: dict[str, None] = {}
         self._closed = False
+        self._logged = False
         self._read_paused = False
         self._set_protocol(resp3=False)
 
@@ -208,19 +212,23 @@ class RespConnection(asyncio.Protocol):
     # -- the hub's side (hot path) ---------------------------------------------------------
     def deliver(self, event: Event, pattern: str | None) -> None:
         if pattern is None:
-            self.outbox.write(event.frame(self._message_key, self._message_encode))
+            # Event.frame() inlined: this line runs once per subscriber per event
+            data = event.frames.get(self._message_key)
+            if data is None:
+                data = event.frame(self._message_key, self._message_encode)
+            self._write(data)
             return
         key = (self._pmessage_key, pattern)
         data = event.frames.get(key)
         if data is None:
             resp3 = self.resp3
             data = event.frame(key, lambda e: pmessage(e, pattern, resp3))
-        self.outbox.write(data)
+        self._write(data)
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods
+        self.transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"{peer[0]}:{peer[1]}"
@@ -232,6 +240,7 @@ class RespConnection(asyncio.Protocol):
             name=f"id={self.id} addr={self.peer}",
             logger=log,
         )
+        self._write = self.outbox.write
         self.service.connections[self] = None
 
     def data_received(self, data: bytes) -> None:
@@ -248,7 +257,7 @@ class RespConnection(asyncio.Protocol):
                 self.execute(args)
         except resp.ProtocolError as exc:
             self.service.stats.protocol_errors += 1
-            log.info("client id=%d addr=%s: %s; closing", self.id, self.peer, exc)
+            self._log_end(f"{exc}; closing")
             self.outbox.write(resp.error(b"ERR " + str(exc).encode("latin-1", "replace")))
             self.close()
             return
@@ -259,6 +268,8 @@ class RespConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         # redis frees a client on EOF (after replying to what it already read); so do we
+        if self.parser.mid_command and not self._closed:
+            self._log_end("disconnected mid-command")
         self.close()
         return True
 
@@ -273,15 +284,21 @@ class RespConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None:
-            log.info("client id=%d addr=%s: connection lost: %s", self.id, self.peer, exc)
+            self._log_end(f"connection lost: {exc!r}")
         elif self.parser.mid_command and not self._closed:
-            log.info("client id=%d addr=%s: disconnected mid-command", self.id, self.peer)
+            self._log_end("disconnected mid-command")
         else:
             log.debug("client id=%d addr=%s: disconnected", self.id, self.peer)
         self._closed = True
         self.outbox.lost()
         self._unsubscribe_all()
         self.service._forget(self)
+
+    def _log_end(self, why: str) -> None:
+        """Log an abnormal end once per connection (lost, reset, cut short)."""
+        if not self._logged:
+            self._logged = True
+            log.info("client id=%d addr=%s: %s", self.id, self.peer, why)
 
     def close(self) -> None:
         """Send what is queued, then close the connection (ignore further commands)."""
@@ -338,13 +355,10 @@ class RespConnection(asyncio.Protocol):
         )
 
     def reply(self, data: bytes) -> None:
-        self.outbox.write(data)
+        self._write(data)
 
     def reply_error(self, message: bytes) -> None:
-        self.outbox.write(resp.error(message))
-
-    def reply_null(self) -> None:
-        self.outbox.write(resp.null(self.resp3))
+        self._write(resp.error(message))
 
     def _count(self) -> int:
         return len(self.channels) + len(self.patterns)
@@ -759,10 +773,11 @@ class RespService:
         self.stats.connections_total += 1
         return RespConnection(self, next(self._ids))
 
-    async def start(self, host: str, port: int) -> asyncio.Server:
+    async def start(self, host: str, port: int, *, backlog: int = 511) -> asyncio.Server:
+        """Listen on host:port; `backlog` as redis's tcp-backlog (asyncio's 100 is small)."""
         loop = asyncio.get_running_loop()
         self._flusher = self._flusher or Flusher(loop)
-        server = await loop.create_server(self.protocol, host, port)
+        server = await loop.create_server(self.protocol, host, port, backlog=backlog)
         self.servers.append(server)
         return server
 
