@@ -344,7 +344,6 @@ commands = st.one_of(
     st.sampled_from(
         [
             c("ECHO", "x"),
-            c("GET", "k"),
             c("NOPE"),
             c("HELLO", "3"),
             c("HELLO", "2"),
