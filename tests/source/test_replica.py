@@ -394,3 +394,29 @@ async def test_server_id_taken_over_while_disconnected(
     finally:
         intruder.close()
         await proxy.close()
+
+
+async def test_failed_table_info_lookup_is_retried_from_the_last_transaction(
+    mariadb: PrivateMariaDB, admin: MySQLConnection, table: str, replica_server_id: int
+) -> None:
+    calls = 0
+
+    async def flaky(database: str, name: str) -> TableInfo | None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError("schema connection refused")
+        return TableInfo(columns=("id", "v"), json_columns=frozenset())
+
+    replica = make_replica(
+        mariadb.url(), replica_server_id, table_info=flaky, names_from_binlog=False
+    )
+    consumer = Consumer(replica, "t")
+    await wait_until(lambda: replica.connected, what="connected")
+    await admin.execute(f"INSERT INTO {table} VALUES (1, 'a')")
+    await admin.execute(f"INSERT INTO {table} VALUES (2, 'b')")
+    await consumer.wait_ids(2)
+    await consumer.stop()
+    assert consumer.ids == [1, 2]
+    assert calls >= 2 and replica.reconnects == 1
+    assert "schema lookup" in (replica.last_error or "")

@@ -45,6 +45,10 @@ class ReplicaError(Exception):
     """A replication problem that retrying cannot fix; the message says what to do."""
 
 
+class _LookupFailed(wire.MySQLError):
+    """The table_info callback failed; retried like a lost connection."""
+
+
 class Decoder(Protocol):
     """What the replica needs of `tidings.source.binlog.BinlogDecoder`."""
 
@@ -278,7 +282,15 @@ class Replica:
                             self.transactions_total += 1
                             yield result
                         else:  # TableInfoRequest: answer before the next event
-                            info = await table_info(result.database, result.table)
+                            try:
+                                info = await table_info(result.database, result.table)
+                            except Exception as exc:
+                                # the decoder cannot go on without it: resume from the
+                                # last transaction once the lookup works again
+                                raise _LookupFailed(
+                                    f"schema lookup for {result.database}.{result.table} "
+                                    f"failed: {_describe(exc)}"
+                                ) from exc
                             decoder.provide_table_info(result, info)
                 except Exception as exc:
                     if self._closed.is_set():
@@ -287,7 +299,9 @@ class Replica:
                     reason = _describe(exc)
                     self.last_error = reason
                     log.warning(
-                        "lost the binlog stream of %s at %s: %s; reconnecting",
+                        "interrupted the binlog stream of %s at %s: %s; reconnecting"
+                        if isinstance(exc, _LookupFailed)
+                        else "lost the binlog stream of %s at %s: %s; reconnecting",
                         self.url.redacted(),
                         self.position,
                         reason,
