@@ -420,3 +420,15 @@ async def test_failed_table_info_lookup_is_retried_from_the_last_transaction(
     assert consumer.ids == [1, 2]
     assert calls >= 2 and replica.reconnects == 1
     assert "schema lookup" in (replica.last_error or "")
+
+
+async def test_required_tls_is_fatal(
+    mariadb: PrivateMariaDB, admin: MySQLConnection, replica_server_id: int
+) -> None:
+    await admin.execute("SET GLOBAL require_secure_transport = ON")
+    try:
+        message = await expect_fatal(make_replica(mariadb.url(), replica_server_id))
+    finally:
+        await admin.execute("SET GLOBAL require_secure_transport = OFF")  # still logged in
+    # MariaDB says only "access denied"; MySQL's error 3159 gets its own message
+    assert "require_secure_transport" in message

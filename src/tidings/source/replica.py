@@ -131,10 +131,18 @@ def classify(exc: BaseException, url: MySQLURL, server_id: int, position: object
             f"server disconnected this one ({msg}). Every replica needs its own server_id: "
             "give tidings a unique one (?server_id=N in the URL / --server-id)"
         )
+    if code in (3159, 4036) or "insecure transport" in msg:
+        return (
+            f"{url.redacted()} requires TLS ({msg}), which tidings does not speak yet: allow "
+            "plain connections for the replication user (require_secure_transport=OFF), or "
+            "reach the server through a local TLS tunnel"
+        )
     if code in _ACCESS:
         return (
             f"access denied for {user!r} on {url.redacted()}: {msg}. Check the user and password "
-            f"in the URL; a replica also needs privileges: {_GRANTS}"
+            "in the URL, and that neither the account (REQUIRE SSL) nor the server "
+            "(require_secure_transport) demands TLS, which tidings does not speak yet; a "
+            f"replica also needs privileges: {_GRANTS}"
         )
     if code in _PRIVILEGE:
         return f"{user!r} lacks a privilege on {url.redacted()}: {msg}. {_GRANTS}"
