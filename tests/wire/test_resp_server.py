@@ -671,3 +671,39 @@ def test_on_uvloop() -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(uvloop_scenarios())
         assert isinstance(runner.get_loop(), uvloop.Loop)
+
+
+async def test_a_failing_command_closes_only_its_connection(
+    srv: Server, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bystander = await Client.connect(srv.port)
+    await bystander.call("SUBSCRIBE", "ch", reply=confirm(b"subscribe", b"ch", 1))
+
+    def broken(hub: Hub, sub: object, pattern: str) -> None:
+        raise RuntimeError("hub bug")
+
+    monkeypatch.setattr(Hub, "psubscribe", broken)
+    c = await Client.connect(srv.port)
+    c.send("PSUBSCRIBE", "x*")
+    c.send("PING")
+    assert await c.read_to_eof() == b"-ERR internal error; closing the connection\r\n"
+    assert any(r.exc_info and "command failed" in r.getMessage() for r in caplog.records)
+    srv.hub.publish("ch", b"fine")
+    await bystander.expect(message(b"ch", b"fine"))
+    await until(lambda: len(srv.service.connections) == 1)
+
+
+async def test_service_close_ends_every_connection() -> None:
+    server = await serve()
+    clients = [await Client.connect(server.port) for _ in range(5)]
+    for c in clients:
+        await c.call("SUBSCRIBE", "ch", reply=confirm(b"subscribe", b"ch", 1))
+    assert server.service.connections_open == 5
+    assert server.service.stats.connections_total == 5
+    await server.service.close()
+    for c in clients:
+        assert await c.read_to_eof() == b""
+    assert server.service.connections_open == 0
+    assert server.hub.subscriber_count("ch") == 0
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", server.port)

@@ -261,6 +261,13 @@ class RespConnection(asyncio.Protocol):
             self.outbox.write(resp.error(b"ERR " + str(exc).encode("latin-1", "replace")))
             self.close()
             return
+        except Exception:
+            # a bug in a handler (or the hub) ends this connection, not the others
+            self._logged = True
+            log.exception("client id=%d addr=%s: command failed; closing", self.id, self.peer)
+            self.outbox.write(resp.error(b"ERR internal error; closing the connection"))
+            self.close()
+            return
         # a client that pipelines faster than it reads its replies waits for the kernel
         if self.outbox.paused and not self._closed and not self._read_paused:
             self._read_paused = True
