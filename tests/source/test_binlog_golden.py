@@ -418,3 +418,20 @@ def test_compressed_binlog_events(tmp_path: Path) -> None:
             ("delete", {"id": 1, "s": "abc" * 100}, None),
         ]
         assert txns[-1].ddl == [("z", "ALTER TABLE t ADD COLUMN pad VARCHAR(200) DEFAULT 'ok'")]
+
+
+def test_xa_changes_are_delivered_at_xa_commit(mariadb: PrivateMariaDB) -> None:
+    mariadb.sql("DROP DATABASE IF EXISTS xadb; CREATE DATABASE xadb")
+    mariadb.sql("CREATE TABLE t (id INT PRIMARY KEY)", "xadb")
+    follower = Follower(mariadb)
+    mariadb.sql("XA START 'x1'; INSERT INTO t VALUES (1); XA END 'x1'; XA PREPARE 'x1'", "xadb")
+    mariadb.sql("XA START 'x3'; INSERT INTO t VALUES (3); XA END 'x3'; XA PREPARE 'x3'", "xadb")
+    assert follower.transactions("xadb") == []  # prepared, not committed
+    mariadb.sql("XA COMMIT 'x1'; XA ROLLBACK 'x3'", "xadb")
+    mariadb.sql(
+        "XA START 'x2'; INSERT INTO t VALUES (2); XA END 'x2'; XA COMMIT 'x2' ONE PHASE", "xadb"
+    )
+    txns = follower.transactions("xadb")
+    assert [[c.data for c in t.changes] for t in txns] == [[{"id": 1}], [{"id": 2}]]
+    file, pos, gtid = master_status(mariadb)
+    assert follower.decoder.position == Position(file, pos, gtid)

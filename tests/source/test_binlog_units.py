@@ -35,6 +35,7 @@ from tests.source.test_binlog_builders import (
     xid,
 )
 from tidings.source.binlog import BinlogDecoder, BinlogError, TableInfo, TableInfoRequest
+from tidings.source.binlog.events import parse_xa_query
 from tidings.source.binlog.gtid import MariaDBGtidState, MySQLGtidSet
 from tidings.source.changes import Position, Transaction
 
@@ -623,3 +624,36 @@ def test_gtid_state_text_round_trips() -> None:
     )
     with pytest.raises(BinlogError):
         MariaDBGtidState("0-x-1")
+
+
+def test_xa_query_ids() -> None:
+    assert parse_xa_query("XA COMMIT X'7831',X'',1") == (1, b"x1", b"")
+    assert parse_xa_query("xa rollback X'6162',X'63',7") == (7, b"ab", b"c")
+    assert parse_xa_query("XA COMMIT 'it''s', 'b', 3") == (3, b"it's", b"b")
+    assert parse_xa_query("XA COMMIT 'x'") == (1, b"x", b"")
+    assert parse_xa_query("XA RECOVER") is None
+
+
+def _xa_prepare(gtrid: bytes, one_phase: bool = False) -> bytes:
+    body = struct.pack("<BIII", one_phase, 1, len(gtrid), 0) + gtrid
+    return event(38, body)
+
+
+def test_mysql_xa_prepare_then_commit() -> None:
+    d = new_decoder(mariadb=False)
+    sid = uuid.UUID(int=1)
+    for n, gtrid in ((1, b"a"), (2, b"b")):
+        d.feed(event(33, b"\x01" + sid.bytes + struct.pack("<Q", n) + bytes(17)))
+        d.feed(query(f"XA START X'{gtrid.hex()}',X'',1"))
+        _table(d)
+        d.feed(rows_event(30, 5, 2, _img(n, "xa"), v2=True))
+        d.feed(query(f"XA END X'{gtrid.hex()}',X'',1"))
+        assert d.feed(_xa_prepare(gtrid)) is None  # held until XA COMMIT
+        assert d.position.gtid == f"{sid}:{'1-2' if n == 2 else 1}"  # the group is consumed
+    d.feed(event(33, b"\x01" + sid.bytes + struct.pack("<Q", 3) + bytes(17)))
+    assert d.feed(query("XA ROLLBACK X'62',X'',1")) is None
+    d.feed(event(33, b"\x01" + sid.bytes + struct.pack("<Q", 4) + bytes(17)))
+    txn = d.feed(query("XA COMMIT X'61',X'',1", log_pos=4000))
+    assert isinstance(txn, Transaction)
+    assert [c.data for c in txn.changes] == [{"id": 1, "s": "xa"}]
+    assert txn.gtid == f"{sid}:4" and txn.position == Position("binlog.000001", 4000, f"{sid}:1-4")

@@ -62,6 +62,7 @@ _UNSUPPORTED = {
 }
 
 _MAX_BINDINGS = 4096  # cached TABLE_MAP bodies; cleared wholesale past this
+_MAX_PREPARED_XA = 10_000
 
 Handler = Callable[[bytes, int, int, int, int, int], "Transaction | TableInfoRequest | None"]
 
@@ -83,6 +84,7 @@ class BinlogDecoder:
         "_names_from_binlog",
         "_pending",
         "_position",
+        "_prepared",
         "_tables",
         "_txn",
         "_txn_gtid",
@@ -139,6 +141,7 @@ class BinlogDecoder:
         self._infos.clear()
         self._bindings.clear()
         self._pending: tuple[TableInfoRequest, TableMap, bytes] | None = None
+        self._prepared: dict[ev.XaKey, tuple[list[RowChange], list[tuple[str, str]]]] = {}
         self._clear_txn()
 
     def feed(self, event: bytes) -> Transaction | TableInfoRequest | None:
@@ -250,6 +253,13 @@ class BinlogDecoder:
         if head == "ROLLBACK":
             self._rollback(log_pos)
             return None
+        if head.startswith(("XA COMMIT", "XA ROLLBACK")) and self._txn != _OPEN:
+            return self._xa_end(query.sql, head.startswith("XA COMMIT"), ts, log_pos)
+        if head.startswith("XA COMMIT"):  # XA COMMIT ... ONE PHASE (MySQL)
+            return self._commit(ts, log_pos, None)
+        if head.startswith("XA ROLLBACK"):
+            self._rollback(log_pos)
+            return None
         if head.startswith(("SAVEPOINT", "ROLLBACK TO", "XA ")):
             return None
         # DDL (or a statement-based change): table layouts may have changed
@@ -267,9 +277,27 @@ class BinlogDecoder:
 
     def _on_xa_prepare(
         self, event: bytes, end: int, et: int, ts: int, sid: int, log_pos: int
-    ) -> Transaction:
-        # XA PREPARE ends the binlogged group; XA COMMIT/ROLLBACK come later on their own
-        return self._commit(ts, log_pos, None)
+    ) -> Transaction | None:
+        one_phase, key = ev.parse_xa_prepare(event, end)
+        if one_phase:
+            return self._commit(ts, log_pos, None)
+        # XA PREPARE ends its own group; the changes are delivered only when a later
+        # group says XA COMMIT (they are held in memory until then)
+        if len(self._prepared) >= _MAX_PREPARED_XA:
+            raise BinlogError(f"more than {_MAX_PREPARED_XA} prepared XA transactions pending")
+        self._prepared[key] = (self._changes, self._ddl)
+        self._rollback(log_pos)
+        return None
+
+    def _xa_end(self, sql: str, commit: bool, ts: int, log_pos: int) -> Transaction | None:
+        key = ev.parse_xa_query(sql)
+        held = self._prepared.pop(key, None) if key is not None else None
+        if commit and held is not None:
+            self._changes, self._ddl = held
+            return self._commit(ts, log_pos, None)
+        # rolled back, or prepared before our start point: nothing to deliver
+        self._rollback(log_pos)
+        return None
 
     def _on_mariadb_gtid(
         self, event: bytes, end: int, et: int, ts: int, sid: int, log_pos: int
@@ -328,7 +356,7 @@ class BinlogDecoder:
         fmt = self._need_format()
         id_size = 4 if fmt.post_header_len(c.TABLE_MAP_EVENT, 8) == 6 else 6
         table_map = parse_table_map(body, id_size, fmt.mariadb)
-        needs = not self._names_from_binlog or table_map.needs_info()
+        needs = not self._names_from_binlog or table_map.needs_info(fmt.mariadb)
         if needs and table_map.table_id not in self._infos:
             request = TableInfoRequest(table_map.database, table_map.table, table_map.table_id)
             self._pending = (request, table_map, body)

@@ -117,6 +117,39 @@ def uncompress(data: bytes) -> bytes:
     return out
 
 
+XaKey = tuple[int, bytes, bytes]  # format id, gtrid, bqual
+
+
+def parse_xa_prepare(event: bytes, end: int) -> tuple[bool, XaKey]:
+    """(one phase, XA transaction id) of an XA_PREPARE event."""
+    r = Reader(event, c.HEADER_LEN, end)
+    one_phase = bool(r.u8())
+    format_id = r.uint(4)
+    gtrid_len = r.uint(4)
+    bqual_len = r.uint(4)
+    return one_phase, (format_id, r.take(gtrid_len), r.take(bqual_len))
+
+
+_XA_HEX = re.compile(r"XA\s+\w+\s+X'([0-9A-Fa-f]*)'\s*,\s*X'([0-9A-Fa-f]*)'\s*,\s*(\d+)", re.I)
+_QUOTED = r"'((?:[^']|'')*)'"
+_XA_QUOTED = re.compile(rf"XA\s+\w+\s+{_QUOTED}(?:\s*,\s*{_QUOTED}(?:\s*,\s*(\d+))?)?", re.I)
+
+
+def parse_xa_query(sql: str) -> XaKey | None:
+    """The XA id of "XA COMMIT X'7831',X'',1" (as servers log it) or "XA COMMIT 'x1'"."""
+    m = _XA_HEX.match(sql.strip())
+    if m:
+        return int(m[3]), bytes.fromhex(m[1]), bytes.fromhex(m[2])
+    m = _XA_QUOTED.match(sql.strip())
+    if m:
+        return int(m[3] or 1), _unquote(m[1]), _unquote(m[2])
+    return None
+
+
+def _unquote(text: str | None) -> bytes:
+    return (text or "").replace("''", "'").encode()
+
+
 def parse_xid(event: bytes, end: int) -> int:
     return Reader(event, c.HEADER_LEN, end).uint(8)
 

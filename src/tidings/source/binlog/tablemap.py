@@ -73,15 +73,16 @@ class TableMap:
     has_names: bool = False
     #: primary key column indexes, when the binlog says (binlog_row_metadata=FULL)
     primary_key: tuple[int, ...] = ()
-    #: the column indexes whose charset metadata was present
+    #: whether the binlog gave column collations (binlog_row_metadata MINIMAL or FULL)
     has_charsets: bool = False
+    #: optional metadata fields not interpreted here (GEOMETRY_TYPE, COLUMN_VISIBILITY...)
     extra: dict[int, bytes] = field(default_factory=dict)
 
-    def needs_info(self) -> bool:
+    def needs_info(self, mariadb: bool) -> bool:
         """True when names are missing or a text BLOB might be a MariaDB JSON column."""
         if not self.has_names:
             return True
-        return any(
+        return mariadb and any(
             col.type in _BLOBS and col.collation != c.BINARY_COLLATION for col in self.columns
         )
 
