@@ -269,7 +269,7 @@ inline_word = st.binary(min_size=1, max_size=10).filter(
 )
 
 
-@given(st.lists(inline_word, min_size=1, max_size=6))
+@given(st.lists(inline_word, min_size=1, max_size=6).filter(lambda w: not w[0].startswith(b"*")))
 def test_plain_inline_words_round_trip(words: list[bytes]) -> None:
     assert parse_all(b" ".join(words) + b"\r\n") == [words]
 
