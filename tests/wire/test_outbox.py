@@ -220,3 +220,24 @@ async def test_lost_cancels_the_linger_timer() -> None:
     assert handle is not None
     box.lost()
     assert handle.cancelled()
+
+
+async def test_a_burst_larger_than_a_small_limit_flows_to_a_fast_peer() -> None:
+    box, transport, flusher = make(limit=8 * 1024)
+    for _ in range(100):  # 100 KiB in one iteration: the kernel takes it as it comes
+        box.write(b"k" * 1024)
+    await next_iteration()
+    assert flusher.stats.slow_consumers_cut == 0
+    assert sum(map(len, transport.writes)) == 100 * 1024
+    assert max(map(len, transport.writes)) <= 4 * 1024  # handed over at half the limit
+
+
+async def test_a_frame_larger_than_the_limit_is_named_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    box, transport, flusher = make(limit=4096, farewell=b"-ERR bye\r\n")
+    with caplog.at_level(logging.WARNING, logger="tidings.wire.outbox"):
+        box.write(b"h" * 5000)
+    assert flusher.stats.slow_consumers_cut == 1
+    assert transport.writes == [b"-ERR bye\r\n"]
+    assert "one frame alone is 5000 bytes" in caplog.records[0].getMessage()

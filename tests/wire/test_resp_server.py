@@ -707,3 +707,18 @@ async def test_service_close_ends_every_connection() -> None:
     assert server.hub.subscriber_count("ch") == 0
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", server.port)
+
+
+async def test_cut_subscriber_is_told_why_when_the_stream_allows() -> None:
+    server = await serve(output_limit=4096)
+    try:
+        c = await Client.connect(server.port)
+        await c.call("SUBSCRIBE", "ch", reply=confirm(b"subscribe", b"ch", 1))
+        server.hub.publish("ch", b"x" * 5000)  # one event larger than the whole limit
+        reply = await c.read_to_eof()
+        assert reply.startswith(b"-ERR output limit reached: ")
+        assert reply.endswith(b"; disconnected\r\n")
+        assert reply.count(b"\r\n") == 1
+        assert server.service.slow_consumers_cut == 1
+    finally:
+        await server.service.close()

@@ -8,8 +8,9 @@ single `call_soon` callback; that callback writes each dirty connection's queue
 with one `transport.write(b"".join(chunks))`. This is redis's
 `handleClientsWithPendingWrites`: however many events one loop iteration
 publishes, each client costs one join and one send. A queue that grows past
-`EARLY_FLUSH` within one iteration is handed to the transport at once, so a
-burst reaches the kernel without waiting for the end of the iteration.
+`EARLY_FLUSH` (or half the limit, if smaller) within one iteration is handed
+to the transport at once, so a burst reaches the kernel without waiting for
+the end of the iteration.
 
 Bound. The bytes a connection holds are its queue plus the transport's own
 buffer. When that would pass `limit`, the connection is a slow consumer and is
@@ -83,13 +84,17 @@ class Flusher:
         for box in dirty:
             box.flush()
 
-    def log_cut(self, logger: logging.Logger, who: str, held: int, limit: int) -> None:
+    def log_cut(
+        self, logger: logging.Logger, who: str, held: int, limit: int, largest: int = 0
+    ) -> None:
         """Log a cut-off, at most once a second (a stall can cut thousands at once)."""
         now = self._loop.time()
         if now - self._last_log < 1.0:
             self._suppressed += 1
             return
         more = f" ({self._suppressed} more since the last report)" if self._suppressed else ""
+        if largest > limit:
+            more += f"; one frame alone is {largest} bytes: raise the output limit above it"
         logger.warning(
             "cut off slow consumer %s: %d bytes of output pending, limit %d%s",
             who,
@@ -108,6 +113,7 @@ class Outbox:
         "_backlog",
         "_chunks",
         "_dirty",
+        "_early",
         "_linger",
         "_paused",
         "_size",
@@ -150,6 +156,7 @@ class Outbox:
         self._paused = False  # the transport asked us to stop (pause_writing)
         self._linger: asyncio.TimerHandle | None = None
         self._threshold = 0  # write() takes the slow path when the queue passes this
+        self._early = max(1, min(EARLY_FLUSH, limit // 2))  # queue size that flushes at once
         self._update_threshold()
 
     @property
@@ -184,7 +191,7 @@ class Outbox:
         if not self._dirty:
             self._dirty = True
             self.flusher.add(self)
-        if size >= EARLY_FLUSH and not self._paused:
+        if size >= self._early and not self._paused:
             self._send()
 
     def _update_threshold(self) -> None:
@@ -193,7 +200,7 @@ class Outbox:
             self._threshold = -1
         else:
             room = self.limit - self._backlog
-            self._threshold = room if self._paused else min(room, EARLY_FLUSH - 1)
+            self._threshold = room if self._paused else min(room, self._early - 1)
 
     def flush(self) -> None:
         """Hand the queue to the transport (called by the flusher once per iteration)."""
@@ -228,7 +235,8 @@ class Outbox:
                 self.flusher.add(self)
             return
         self.flusher.stats.slow_consumers_cut += 1
-        self.flusher.log_cut(self.logger, self.name, held, self.limit)
+        largest = max(map(len, self._chunks))
+        self.flusher.log_cut(self.logger, self.name, held, self.limit, largest)
         self._drop()
         if transport.is_closing():
             return

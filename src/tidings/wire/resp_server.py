@@ -59,8 +59,8 @@ _CONTEXT_ERROR: Final = (
     b"are allowed in this context"
 )
 _FAREWELL: Final = resp.error(
-    b"ERR output buffer limit reached: this subscriber did not read fast enough "
-    b"and has been disconnected"
+    b"ERR output limit reached: too much output was pending for this client "
+    b"(it read too slowly, or one event was larger than the limit); disconnected"
 )
 
 
