@@ -657,3 +657,13 @@ def test_mysql_xa_prepare_then_commit() -> None:
     assert isinstance(txn, Transaction)
     assert [c.data for c in txn.changes] == [{"id": 1, "s": "xa"}]
     assert txn.gtid == f"{sid}:4" and txn.position == Position("binlog.000001", 4000, f"{sid}:1-4")
+
+
+def test_heartbeats_need_no_crc_and_bytes_like_events_work() -> None:
+    d = new_decoder()
+    assert d.feed(event(27, b"binlog.000001", checksum=False)) is None
+    d.feed(mariadb_gtid(0, 1))
+    _table(d)
+    d.feed(bytearray(rows_event(23, 5, 2, _img(1, "a"))))  # type: ignore[arg-type]
+    txn = d.feed(memoryview(xid(1)))  # type: ignore[arg-type]
+    assert isinstance(txn, Transaction) and txn.changes[0].data == {"id": 1, "s": "a"}

@@ -148,12 +148,19 @@ class BinlogDecoder:
         """Decode one event; return the transaction it commits, a table info request, or None."""
         if self._pending is not None:
             raise BinlogError(f"feed() called before provide_table_info() for {self._pending[0]}")
+        if type(event) is not bytes:
+            event = bytes(event)  # a bytearray/memoryview slice: caches key on bytes
         size = len(event)
         if size < c.HEADER_LEN:
             raise BinlogError(f"event of {size} bytes is shorter than the binlog header")
         ts, event_type, server_id, event_size, log_pos, _ = ev.HEADER.unpack_from(event)
         if event_size != size:
             raise BinlogError(f"event header says {event_size} bytes, got {size}")
+        handler = self._handlers.get(event_type)
+        if handler is None:
+            # unknown, statement-based, annotations, heartbeats (whose CRC some servers
+            # omit): nothing here changes the stream's meaning, so not even the CRC is read
+            return None
         fmt = self._format
         if fmt is not None and event_type != c.FORMAT_DESCRIPTION_EVENT:
             end = size
@@ -168,9 +175,6 @@ class BinlogDecoder:
             # before the FORMAT_DESCRIPTION (the artificial ROTATE): a CRC is there if it matches
             has_crc = size >= c.HEADER_LEN + c.CRC_LEN and ev.crc_ok(event)
             end = size - c.CRC_LEN if has_crc else size
-        handler = self._handlers.get(event_type)
-        if handler is None:
-            return None  # unknown, statement-based, annotations, heartbeats...
         try:
             return handler(event, end, event_type, ts, server_id, log_pos)
         except BinlogError:
