@@ -133,7 +133,9 @@ class PrivateMariaDB:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"mariadbd exited early; see {self.log_path}:\n{self._log_tail()}")
+                raise RuntimeError(
+                    f"mariadbd exited early; see {self.log_path}:\n{self._log_tail()}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     if s.recv(1):  # the server greets first once it accepts clients

@@ -24,15 +24,14 @@ class MySQLURL:
     def parse(cls, text: str) -> MySQLURL:
         parts = urlsplit(text)
         if parts.scheme not in ("mysql", "mariadb"):
-            raise URLError(
-                f"not a MySQL URL: {text!r} (expected mysql://user:password@host:port/)"
-            )
+            raise URLError(f"not a MySQL URL: {text!r} (expected mysql://user:password@host:port/)")
         try:
             port = parts.port or 3306
         except ValueError as exc:
             raise URLError(f"bad port in {text!r}: {exc}") from None
         options = tuple(
-            (key, values[-1]) for key, values in parse_qs(parts.query, keep_blank_values=True).items()
+            (key, values[-1])
+            for key, values in parse_qs(parts.query, keep_blank_values=True).items()
         )
         return cls(
             host=parts.hostname or "127.0.0.1",
