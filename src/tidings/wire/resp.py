@@ -127,6 +127,8 @@ class RespParser:
                 if self._remaining == 0:
                     buf = self._buf
                     if self._pos >= len(buf):
+                        buf.clear()  # an idle connection keeps no request bytes
+                        self._pos = 0
                         return None
                     if buf[self._pos] == 0x2A:  # '*'
                         if not self._start_multibulk():

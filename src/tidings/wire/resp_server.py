@@ -11,10 +11,21 @@ format, shared by every subscriber) and queues that same bytes object. Replies
 and events share the one queue, so they reach the client in the order they
 happened, as in redis (a PUBLISH's own message precedes its `:N` reply).
 
-Replies match Redis 7.0 byte for byte, error texts included, for everything
-implemented here (tests/wire/test_resp_redis.py compares against a real
-redis-server). Channel names are UTF-8 `str` in the hub; client bytes that are
-not UTF-8 are carried with `surrogateescape` and come back out unchanged.
+Replies match Redis 7.0 byte for byte, error texts included
+(tests/wire/test_resp_redis.py compares against a real redis-server), except
+where this server is deliberately different:
+
+* other Redis commands (GET, ...) are unknown commands, except in RESP2
+  subscribed mode, where redis's "Can't execute" error is what redis sends too;
+* HELLO reports version 7.0.0; COMMAND returns an empty list; CLIENT SETINFO
+  (redis 7.2) is accepted; AUTH and HELLO ... AUTH are refused (no users here);
+* an inline line longer than `max_inline` is refused even when its newline
+  arrived in the same read (redis checks only while waiting for the newline);
+* a NUL byte in a `*`/`$` header is an error here (redis's C string search
+  stops there and waits).
+
+Channel names are UTF-8 `str` in the hub; client bytes that are not UTF-8 are
+carried with `surrogateescape` and come back out unchanged.
 
 `RespService` is the listening side: settings, the registry of open
 connections, counters, and the `Flusher` that coalesces their output.
