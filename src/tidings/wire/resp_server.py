@@ -333,7 +333,7 @@ class RespConnection(asyncio.Protocol):
                 self.reply(_OK)
                 self.close()
             elif name in (b"post", b"host:"):  # redis: an HTTP request, likely an attack
-                log.warning("client id=%d addr=%s sent %r: closing", self.id, self.peer, name)
+                self._log_end(f"sent an HTTP request ({name.decode()!r}); closing")
                 self.close()
             elif name in _REDIS_ONLY and self._subscribed_resp2():
                 self.reply_error(_CONTEXT_ERROR % name)
