@@ -435,3 +435,23 @@ def test_xa_changes_are_delivered_at_xa_commit(mariadb: PrivateMariaDB) -> None:
     assert [[c.data for c in t.changes] for t in txns] == [[{"id": 1}], [{"id": 2}]]
     file, pos, gtid = master_status(mariadb)
     assert follower.decoder.position == Position(file, pos, gtid)
+
+
+def test_no_log_metadata_decodes_with_documented_losses(tmp_path: Path) -> None:
+    """MariaDB's default binlog_row_metadata=NO_LOG: no signedness, charsets, or labels.
+
+    Rows still decode, names and JSON come from information_schema, but unsigned
+    values past the signed range wrap, every string is read as UTF-8, binary columns
+    are not told apart from text, and ENUM/SET give their stored numbers.
+    """
+    with PrivateMariaDB(tmp_path / "db", binlog_row_metadata="NO_LOG") as db:
+        db.sql("CREATE DATABASE n")
+        db.sql(
+            "CREATE TABLE t (id INT UNSIGNED PRIMARY KEY, small INT UNSIGNED, s VARCHAR(10),"
+            " doc JSON, e ENUM('p','q'))",
+            "n",
+        )
+        follower = Follower(db, names_from_binlog=False)
+        db.sql("SET NAMES utf8mb4; INSERT INTO t VALUES (4294967295, 7, 'ü', '[1]', 'q')", "n")
+        (txn,) = follower.transactions("n")
+        assert txn.changes[0].data == {"id": -1, "small": 7, "s": "ü", "doc": [1], "e": 2}
