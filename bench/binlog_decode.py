@@ -161,7 +161,7 @@ def pymysqlreplication_read(db: PrivateMariaDB, rows: int, server_id: int) -> in
 
 def asyncmy_read(db: PrivateMariaDB, rows: int, server_id: int) -> int:
     from asyncmy import connect
-    from asyncmy.replication import BinLogStream
+    from asyncmy.replication.binlogstream import BinLogStream
     from asyncmy.replication.row_events import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
     async def run() -> int:
@@ -234,11 +234,11 @@ def main() -> None:
     base = results[0][1] or 1.0
     print(f"\nbinlog decode, {rows} row changes, 12 columns, median of {args.runs}")
     print(f"{'implementation':44} {'rows/s':>10} {'vs tidings':>10}")
-    for name, rate, note in results:
-        if rate is None:
+    for name, measured, note in results:
+        if measured is None:
             print(f"{name:44} {'-':>10} {'-':>10}  {note}")
         else:
-            print(f"{name:44} {rate:10,.0f} {rate / base:10.2f}x  {note}".rstrip())
+            print(f"{name:44} {measured:10,.0f} {measured / base:10.2f}x  {note}".rstrip())
 
 
 if __name__ == "__main__":
