@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import orjson
-import pytest
 
 from tidings.event import Event
 from tidings.hub import Hub
@@ -157,13 +156,6 @@ def test_subscriber_leaving_its_channel_during_delivery() -> None:
     assert hub.subscriber_count("ch") == 1
 
 
-@pytest.mark.xfail(
-    raises=KeyError,
-    strict=True,
-    reason="hub bug: dispatch looks a pattern up again after delivering to an earlier one; "
-    "a subscriber dropping all its patterns during delivery makes it raise KeyError "
-    "(channels are protected by a copy, patterns are not)",
-)
 def test_subscriber_dropping_its_patterns_during_delivery() -> None:
     hub = Hub()
 

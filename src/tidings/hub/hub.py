@@ -97,15 +97,18 @@ class Hub:
         subs = self._channels.get(event.channel)
         if subs:
             # a copy: delivery may close a connection whose cleanup edits the dict
+            receivers = len(subs)
             for sub in tuple(subs):
                 sub.deliver(event, None)
-            receivers = len(subs)
         if self._patterns:
             for pattern in self._patterns_for(event.channel):
-                psubs = self._patterns[pattern][1]
+                entry = self._patterns.get(pattern)
+                if entry is None:  # its last subscriber left during this dispatch
+                    continue
+                psubs = entry[1]
+                receivers += len(psubs)
                 for sub in tuple(psubs):
                     sub.deliver(event, pattern)
-                receivers += len(psubs)
         return receivers
 
     def _take_id(self) -> int:

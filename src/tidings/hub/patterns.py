@@ -1,4 +1,11 @@
-"""Redis-style glob patterns (`*`, `?`, `[abc]`, `[^a-z]`, `\\x`) for PSUBSCRIBE."""
+"""Redis glob patterns for PSUBSCRIBE, with Redis's exact semantics.
+
+Mirrors redis `stringmatchlen` (util.c) over UTF-8 bytes, quirks included:
+`?` is one byte; `\\x` is a literal x (also inside a class); `[^...]` negates;
+`]` right after `[` closes an empty class (`[]` matches nothing, `[^]` any
+byte); an unclosed `[` runs to the end of the pattern; `a-z` ranges may be
+written backwards. The pattern is translated once into a bytes regex.
+"""
 
 from __future__ import annotations
 
@@ -7,52 +14,63 @@ from collections.abc import Callable
 from functools import lru_cache
 
 
-def _translate(pattern: str) -> str:
-    """Translate a Redis glob into an anchored regular expression.
+def _byte(c: int) -> bytes:
+    return b"\\x%02x" % c
 
-    Follows redis `stringmatchlen`: `[` without a closing `]` matches itself
-    literally, `\\` escapes the next character, `^` after `[` negates.
-    """
-    out: list[str] = []
+
+def _class(p: bytes, i: int) -> tuple[bytes, int]:
+    """Translate the class starting after `[` at index i; return (regex, index after it)."""
+    n = len(p)
+    negate = i < n and p[i] == ord("^")
+    if negate:
+        i += 1
+    items: list[bytes] = []
+    while i < n:
+        c = p[i]
+        if c == ord("\\") and n - i >= 2:
+            i += 1
+            items.append(_byte(p[i]))
+        elif c == ord("]"):
+            break
+        elif n - i >= 3 and p[i + 1] == ord("-"):
+            lo, hi = sorted((c, p[i + 2]))
+            items.append(_byte(lo) + b"-" + _byte(hi))
+            i += 2
+        else:
+            items.append(_byte(c))
+        i += 1
+    body = b"".join(items)
+    if not body:
+        return (b"." if negate else b"(?!)"), i + 1
+    return (b"[^" if negate else b"[") + body + b"]", i + 1
+
+
+def translate(pattern: bytes) -> bytes:
+    """The anchored bytes regex equivalent to a Redis glob."""
+    out: list[bytes] = []
     i, n = 0, len(pattern)
     while i < n:
         c = pattern[i]
-        if c == "*":
-            out.append(".*")
-        elif c == "?":
-            out.append(".")
-        elif c == "\\" and i + 1 < n:
+        if c == ord("*"):
+            out.append(b".*")
             i += 1
-            out.append(re.escape(pattern[i]))
-        elif c == "[":
-            end = pattern.find("]", i + 2 if i + 1 < n and pattern[i + 1] == "^" else i + 1)
-            if end < 0:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1 : end]
-                negate = body.startswith("^")
-                if negate:
-                    body = body[1:]
-                parts: list[str] = []
-                j = 0
-                while j < len(body):
-                    if body[j] == "\\" and j + 1 < len(body):
-                        parts.append(re.escape(body[j + 1]))
-                        j += 2
-                    elif j + 2 < len(body) and body[j + 1] == "-":
-                        lo, hi = sorted((body[j], body[j + 2]))
-                        parts.append(f"{re.escape(lo)}-{re.escape(hi)}")
-                        j += 3
-                    else:
-                        parts.append(re.escape(body[j]))
-                        j += 1
-                inner = "".join(parts)
-                out.append(f"[^{inner}]" if negate else (f"[{inner}]" if inner else "(?!)"))
-                i = end
+        elif c == ord("?"):
+            out.append(b".")
+            i += 1
+        elif c == ord("["):
+            part, i = _class(pattern, i + 1)
+            out.append(part)
         else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out) + r"\Z"
+            if c == ord("\\") and n - i >= 2:
+                i += 1
+            out.append(_byte(pattern[i]))
+            i += 1
+    return b"".join(out) + rb"\Z"
+
+
+def encode(name: str) -> bytes:
+    """Channel and pattern names are UTF-8 text in the hub; bytes that were not survive."""
+    return name.encode("utf-8", "surrogateescape")
 
 
 class GlobPattern:
@@ -65,7 +83,7 @@ class GlobPattern:
         self._match = _compile(text)
 
     def matches(self, channel: str) -> bool:
-        return self._match(channel) is not None
+        return self._match(encode(channel)) is not None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, GlobPattern) and other.text == self.text
@@ -78,5 +96,5 @@ class GlobPattern:
 
 
 @lru_cache(maxsize=4096)
-def _compile(text: str) -> Callable[[str], re.Match[str] | None]:
-    return re.compile(_translate(text), re.DOTALL).match
+def _compile(text: str) -> Callable[[bytes], re.Match[bytes] | None]:
+    return re.compile(translate(encode(text)), re.DOTALL).match
