@@ -6,9 +6,11 @@ on every value before it. Interpreting that per value (a loop over columns calli
 one decoder each) costs a Python call per column. Instead, the first rows event
 for a given table layout and column set generates the source of one function that
 decodes every row of such an event: fixed-width NOT NULL neighbours share one
-`struct.unpack_from`, small types are inlined, the rest call helpers from
-`values.py`, and each row dict is built from a literal. The function is cached on
-the table's `Binding`; column names reach the source only through `repr()`.
+`struct.unpack_from`, integers, strings, DECIMALs up to 18 digits and the common
+temporal types are inlined (dates and times reuse cached "YYYY-MM-DDTHH:MM:"
+prefixes, see `values.py`), the rest call helpers, and each row dict is built from
+a literal. The function is cached on the table's `Binding`; names, database and
+table reach the source only through `repr()`, constants through the namespace.
 """
 
 from __future__ import annotations
@@ -65,13 +67,10 @@ _HELPERS: dict[str, Any] = {
     "_latin1": decode_latin1,
     "_float32": v.float32,
     "_decimal": v.read_decimal,
-    "_date": v.read_date,
     "_time": v.read_time,
     "_time2": v.read_time2,
     "_datetime": v.read_datetime,
-    "_datetime2": v.read_datetime2,
     "_timestamp": v.read_timestamp,
-    "_timestamp2": v.read_timestamp2,
     "_set": v.set_labels,
     "_json_text": _json_text,
     "_mysql_json": decode_json,
@@ -415,20 +414,14 @@ def _fixed_expr(src: _Source, col: Column) -> str:
     t = col.type
     if t == c.T_INT24:
         return f"_from_bytes(buf[pos:pos + 3], 'little', signed={not col.unsigned})"
-    if t in (c.T_DATE, c.T_NEWDATE):
-        return "_date(buf, pos)"
     if t == c.T_TIME:
         return "_time(buf, pos)"
     if t == c.T_TIME2:
         return f"_time2(buf, pos, {col.length})"
     if t == c.T_DATETIME:
         return "_datetime(buf, pos)"
-    if t == c.T_DATETIME2:
-        return f"_datetime2(buf, pos, {col.length})"
     if t == c.T_TIMESTAMP:
         return "_timestamp(buf, pos)"
-    if t == c.T_TIMESTAMP2:
-        return f"_timestamp2(buf, pos, {col.length})"
     if t == c.T_NEWDECIMAL:
         return f"_decimal(buf, pos, {col.length}, {col.scale})"
     if t == c.T_BIT:

@@ -82,42 +82,12 @@ def read_decimal(buf: bytes, pos: int, precision: int, scale: int) -> str:
 
 
 # -- dates and times ------------------------------------------------------------------------
-def _frac(buf: bytes, pos: int, fsp: int, signed: bool = False) -> int:
-    """Fractional seconds of TIME2/DATETIME2/TIMESTAMP2 as microseconds."""
-    if fsp <= 2:
-        return int.from_bytes(buf[pos : pos + 1], "big", signed=signed) * 10000
-    if fsp <= 4:
-        return int.from_bytes(buf[pos : pos + 2], "big", signed=signed) * 100
-    return int.from_bytes(buf[pos : pos + 3], "big", signed=signed)
-
-
 def frac_size(fsp: int) -> int:
     return (fsp + 1) // 2
 
 
 def _usec(usec: int, fsp: int) -> str:
     return f".{usec:06d}"[: fsp + 1] if fsp else ""
-
-
-def read_date(buf: bytes, pos: int) -> str:
-    v = buf[pos] | buf[pos + 1] << 8 | buf[pos + 2] << 16
-    return f"{v >> 9:04d}-{v >> 5 & 15:02d}-{v & 31:02d}"
-
-
-def read_datetime2(buf: bytes, pos: int, fsp: int) -> str:
-    packed = int.from_bytes(buf[pos : pos + 5], "big") - DATETIMEF_INT_OFS
-    if packed < 0:
-        raise BinlogError("negative DATETIME2 value")
-    ymd = packed >> 17
-    ym = ymd >> 5
-    hms = packed & 0x1FFFF
-    text = (
-        f"{ym // 13:04d}-{ym % 13:02d}-{ymd & 31:02d}"
-        f"T{hms >> 12:02d}:{hms >> 6 & 63:02d}:{hms & 63:02d}"
-    )
-    if fsp:
-        text += _usec(_frac(buf, pos + 5, fsp), fsp)
-    return text
 
 
 def read_datetime(buf: bytes, pos: int) -> str:
@@ -143,25 +113,14 @@ def civil_from_days(days: int) -> tuple[int, int, int]:
     return yoe + era * 400 + (m <= 2), m, d
 
 
-def format_epoch(seconds: int, usec: int, fsp: int) -> str:
-    """UTC ISO 8601 with "Z"; the zero TIMESTAMP stays "0000-00-00T00:00:00Z"."""
-    if seconds == 0 and usec == 0:
-        return "0000-00-00T00:00:00" + _usec(0, fsp) + "Z"
+def read_timestamp(buf: bytes, pos: int) -> str:
+    """Old TIMESTAMP (type 7): seconds since the epoch, little-endian; UTC with "Z"."""
+    seconds = int.from_bytes(buf[pos : pos + 4], "little")
+    if seconds == 0:
+        return "0000-00-00T00:00:00Z"
     days, rem = divmod(seconds, 86400)
     y, m, d = civil_from_days(days)
-    return (
-        f"{y:04d}-{m:02d}-{d:02d}T{rem // 3600:02d}:{rem // 60 % 60:02d}:{rem % 60:02d}"
-        f"{_usec(usec, fsp)}Z"
-    )
-
-
-def read_timestamp2(buf: bytes, pos: int, fsp: int) -> str:
-    seconds = int.from_bytes(buf[pos : pos + 4], "big")
-    return format_epoch(seconds, _frac(buf, pos + 4, fsp) if fsp else 0, fsp)
-
-
-def read_timestamp(buf: bytes, pos: int) -> str:
-    return format_epoch(int.from_bytes(buf[pos : pos + 4], "little"), 0, 0)
+    return f"{y:04d}-{m:02d}-{d:02d}T{rem // 3600:02d}:{rem // 60 % 60:02d}:{rem % 60:02d}Z"
 
 
 def read_time2(buf: bytes, pos: int, fsp: int) -> str:
