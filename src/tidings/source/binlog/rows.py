@@ -87,6 +87,9 @@ _HELPERS: dict[str, Any] = {
 }
 
 
+_MAX_DECODERS = 256
+
+
 class Binding:
     """A table map bound to its final column names and JSON columns, with compiled decoders."""
 
@@ -103,6 +106,9 @@ class Binding:
         key = (kind, present, present_after)
         fn = self._decoders.get(key)
         if fn is None:
+            # binlog_row_image=MINIMAL can vary the column set per row: bound the cache
+            if len(self._decoders) >= _MAX_DECODERS:
+                self._decoders.clear()
             fn = self._decoders[key] = compile_rows(self, kind, present, present_after)
         return fn
 
