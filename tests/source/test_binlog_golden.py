@@ -455,3 +455,18 @@ def test_no_log_metadata_decodes_with_documented_losses(tmp_path: Path) -> None:
         db.sql("SET NAMES utf8mb4; INSERT INTO t VALUES (4294967295, 7, 'ü', '[1]', 'q')", "n")
         (txn,) = follower.transactions("n")
         assert txn.changes[0].data == {"id": -1, "small": 7, "s": "ü", "doc": [1], "e": 2}
+
+
+def test_minimal_row_image(tmp_path: Path) -> None:
+    """binlog_row_image=MINIMAL: keys in the before image, changed columns in the after."""
+    with PrivateMariaDB(tmp_path / "db", extra_args=["--binlog-row-image=MINIMAL"]) as db:
+        db.sql("CREATE DATABASE mi")
+        db.sql("CREATE TABLE t (id INT PRIMARY KEY, a INT, b VARCHAR(5), c INT)", "mi")
+        follower = Follower(db)
+        db.sql("INSERT INTO t VALUES (1, 10, 'x', NULL)", "mi")
+        db.sql("UPDATE t SET b = 'y', c = 3 WHERE id = 1", "mi")
+        db.sql("DELETE FROM t WHERE id = 1", "mi")
+        ins, upd, dele = changes(follower.transactions("mi"))
+        assert ins.data == {"id": 1, "a": 10, "b": "x", "c": None}
+        assert (upd.data, upd.old) == ({"id": 1, "b": "y", "c": 3}, {})
+        assert dele.data == {"id": 1}

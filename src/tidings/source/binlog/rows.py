@@ -153,7 +153,12 @@ def compile_rows(
         src.emit(2, "old = {}")
         for i in sorted(set(before) & set(after)):
             src.emit(2, f"if b{i} != a{i}:", f"    old[{names[i]!r}] = b{i}")
-        data = ", ".join(f"{names[i]!r}: a{i}" for i in after)
+        # binlog_row_image=MINIMAL: the before image holds the key, the after image only
+        # the changed columns; `data` gets both (with FULL images they are the same set)
+        after_set = set(after)
+        data = ", ".join(
+            f"{names[i]!r}: {'a' if i in after_set else 'b'}{i}" for i in sorted({*before, *after})
+        )
         src.emit(2, f"append(_RC('update', {tm.database!r}, {tm.table!r}, {{{data}}}, old))")
     else:
         _emit_image(src, binding, before, "a", qualified)
