@@ -3,13 +3,14 @@
 Generates N row changes (60% inserts, 30% updates, 10% deletes) on a table of a
 dozen mixed columns in a private MariaDB, then:
 
-- tidings: decodes the binlog file's events (already in memory) with BinlogDecoder;
+- tidings: decodes the binlog file's events (already in memory) with BinlogDecoder,
+  then the same fed from the file, then from tidings' own replica connection;
 - python-mysql-replication: BinLogStreamReader over a replica connection to the same
   server, from the start, until N rows, every value materialised;
 - asyncmy.replication: BinLogStream likewise.
 
-The anchors include their network reads (from localhost); tidings' figure is the
-decoder alone, so a second tidings line adds reading the file from disk for scale.
+The anchors include their network reads (from localhost): compare them with the
+"network" tidings line; the first line is the decoder alone.
 Each figure is the median of 3 runs, on one core (single-threaded).
 
     .venv/bin/python bench/binlog_decode.py [--rows 200000] [--skip-anchors]
@@ -128,6 +129,35 @@ def tidings_file(db: PrivateMariaDB, rows: int) -> int:
     return tidings_decode(BinlogTail(db.datadir, "binlog.000001").read(), rows)
 
 
+def tidings_network(db: PrivateMariaDB, rows: int, server_id: int) -> int:
+    """tidings' own replica connection (tidings.source.connection) feeding the decoder."""
+    from tidings.source.connection import MySQLConnection
+    from tidings.source.url import MySQLURL
+
+    async def run() -> int:
+        conn = await MySQLConnection.connect(MySQLURL.parse(db.url()))
+        start = Position("binlog.000001", 4)
+        decoder = BinlogDecoder(start)
+        info = TableInfo(COLUMNS, frozenset())
+        n = 0
+        try:
+            await conn.start_binlog(server_id=server_id, position=start)
+            while n < rows:
+                event = await conn.next_event()
+                if event is None:
+                    break
+                result = decoder.feed(event)
+                if isinstance(result, TableInfoRequest):
+                    decoder.provide_table_info(result, info)
+                elif result is not None:
+                    n += len(result.changes)
+        finally:
+            conn.close()
+        return n
+
+    return asyncio.run(run())
+
+
 def pymysqlreplication_read(db: PrivateMariaDB, rows: int, server_id: int) -> int:
     from pymysqlreplication import BinLogStreamReader
     from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
@@ -215,8 +245,10 @@ def main() -> None:
         results.append(("tidings BinlogDecoder (events in memory)", rate, ""))
         rate, _ = median_rate(args.runs, lambda: tidings_file(db, rows))
         results.append(("tidings BinlogDecoder + file read/split", rate, ""))
+        ids = iter(range(1000, 2000))
+        rate, _ = median_rate(args.runs, lambda: tidings_network(db, rows, next(ids)))
+        results.append(("tidings connection + BinlogDecoder (network)", rate, ""))
         if not args.skip_anchors:
-            ids = iter(range(1000, 2000))
             anchors: list[tuple[str, Callable[[], int]]] = [
                 (
                     "python-mysql-replication (network)",
