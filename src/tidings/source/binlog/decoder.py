@@ -13,6 +13,17 @@ Transaction boundaries, as the servers write them:
     MySQL    GTID|ANONYMOUS_GTID QUERY(BEGIN) (TABLE_MAP ROWS...)... XID|QUERY(COMMIT)
              GTID|ANONYMOUS_GTID QUERY(DDL)
     old      QUERY(BEGIN) ... XID|QUERY(COMMIT);  QUERY(DDL)
+    XA       GTID QUERY(XA START) ... QUERY(XA END) XA_PREPARE, later
+             GTID QUERY(XA COMMIT|XA ROLLBACK): the changes are held in memory from
+             the prepare and delivered with the XA COMMIT group
+
+A ROLLBACK (non-transactional tables) ends its group with nothing delivered. Any
+other statement (ALTER, CREATE, ...) goes to `Transaction.ddl` and forgets the
+cached table info, since table layouts may have changed.
+
+`position` only moves at group boundaries. Its GTID part is reported when the
+decoder knows the whole state: given in the start position, or read from the
+GTID_LIST / PREVIOUS_GTIDS event at the head of the file the stream starts at.
 
 When a TABLE_MAP lacks what the binlog cannot say (column names without
 binlog_row_metadata=FULL; whether a text BLOB is MariaDB's JSON), `feed()`
@@ -29,7 +40,7 @@ from tidings.source.binlog.errors import BinlogError
 from tidings.source.binlog.gtid import MariaDBGtidState, MySQLGtidSet
 from tidings.source.binlog.rows import Binding
 from tidings.source.binlog.tablemap import (
-    _BLOBS,
+    BLOBS,
     TableInfo,
     TableInfoRequest,
     TableMap,
@@ -379,7 +390,7 @@ class BinlogDecoder:
         json = frozenset(
             i
             for i, name in enumerate(names)
-            if info is not None and name in info.json_columns and cols[i].type in _BLOBS
+            if info is not None and name in info.json_columns and cols[i].type in BLOBS
         )
         binding = Binding(tm, names, json)
         if len(self._bindings) >= _MAX_BINDINGS:

@@ -34,13 +34,13 @@ class TableInfoRequest:
     table_id: int
 
 
-_BLOBS = frozenset({c.T_BLOB, c.T_TINY_BLOB, c.T_MEDIUM_BLOB, c.T_LONG_BLOB})
+BLOBS = frozenset({c.T_BLOB, c.T_TINY_BLOB, c.T_MEDIUM_BLOB, c.T_LONG_BLOB})
 _NUMERIC = frozenset(
     {c.T_TINY, c.T_SHORT, c.T_INT24, c.T_LONG, c.T_LONGLONG, c.T_NEWDECIMAL, c.T_FLOAT, c.T_DOUBLE}
 )
 # MariaDB's Field_year derives from Field_tiny and so gets a signedness bit; MySQL's doesn't
 _NUMERIC_MARIADB = _NUMERIC | {c.T_YEAR}
-_CHARACTER = frozenset({c.T_STRING, c.T_VAR_STRING, c.T_VARCHAR}) | _BLOBS
+_CHARACTER = frozenset({c.T_STRING, c.T_VAR_STRING, c.T_VARCHAR}) | BLOBS
 # MariaDB's Field_geom has a (binary) charset, so it counts as a character column
 _CHARACTER_MARIADB = _CHARACTER | {c.T_GEOMETRY}
 
@@ -83,7 +83,7 @@ class TableMap:
         if not self.has_names:
             return True
         return mariadb and any(
-            col.type in _BLOBS and col.collation != c.BINARY_COLLATION for col in self.columns
+            col.type in BLOBS and col.collation != c.BINARY_COLLATION for col in self.columns
         )
 
 
@@ -111,7 +111,7 @@ def parse_table_map(body: bytes, table_id_size: int, mariadb: bool) -> TableMap:
 
 def _column(index: int, type_: int, meta: Reader, nullable: bool) -> Column:
     col = Column(index, type_, nullable)
-    if type_ in (c.T_FLOAT, c.T_DOUBLE, c.T_GEOMETRY, c.T_JSON) or type_ in _BLOBS:
+    if type_ in (c.T_FLOAT, c.T_DOUBLE, c.T_GEOMETRY, c.T_JSON) or type_ in BLOBS:
         col.length = meta.u8()
     elif type_ in (c.T_VARCHAR, c.T_VAR_STRING):
         col.length = meta.uint(2)
@@ -144,7 +144,7 @@ def _check(col: Column) -> None:
     bad = (
         (t == c.T_NEWDECIMAL and not (col.scale <= n <= 65 and col.scale <= 38 and n > 0))
         or (t in (c.T_TIMESTAMP2, c.T_DATETIME2, c.T_TIME2) and n > 6)
-        or ((t in _BLOBS or t in (c.T_GEOMETRY, c.T_JSON)) and not 1 <= n <= 4)
+        or ((t in BLOBS or t in (c.T_GEOMETRY, c.T_JSON)) and not 1 <= n <= 4)
         or (t == c.T_BIT and n > 64)
         or (t == c.T_ENUM and n not in (1, 2))
         or (t == c.T_SET and not 1 <= n <= 8)
