@@ -22,7 +22,7 @@ from tidings.source.changes import Position, Transaction
 from tidings.source.replica import Replica
 from tidings.source.schema import SchemaLookup
 from tidings.source.url import MySQLURL
-from tidings.wire.resp_server import RespSettings, start_resp_server
+from tidings.wire.resp_server import RespService, RespSettings
 
 log = logging.getLogger("tidings.daemon")
 
@@ -54,9 +54,21 @@ def change_record(txn: Transaction, index: int) -> dict[str, Any]:
     return record
 
 
-def publish_transaction(hub: Hub, txn: Transaction) -> None:
-    """Publish every row change of a committed transaction, contiguously and in order."""
+#: rows published before the loop gets a turn (to flush outboxes) within a big transaction
+YIELD_EVERY = 256
+
+
+async def publish_transaction(hub: Hub, txn: Transaction) -> None:
+    """Publish every row change of a committed transaction, in order.
+
+    Between chunks of a large transaction the loop gets a turn, so outboxes drain
+    to the kernel instead of piling up past their limit; the source is the only
+    publisher of database channels, so the transaction stays contiguous for
+    every subscriber.
+    """
     for index, change in enumerate(txn.changes):
+        if index and not index % YIELD_EVERY:
+            await asyncio.sleep(0)
         hub.publish_record(f"{change.database}.{change.table}", change_record(txn, index))
 
 
@@ -65,7 +77,7 @@ class Daemon:
         self.settings = settings
         self.hub = Hub()
         self.replica: Replica | None = None
-        self.servers: list[asyncio.Server] = []
+        self.resp: RespService | None = None
         self.resp_address: tuple[str, int] | None = None
         self._stopping = asyncio.Event()
         self._schema: SchemaLookup | None = None
@@ -75,15 +87,13 @@ class Daemon:
         capacity = raise_fd_limit()
         if s.resp:
             host, port = parse_hostport(s.resp)
-            server = await start_resp_server(
+            self.resp = RespService(
                 self.hub,
-                host,
-                port,
                 RespSettings(
                     allow_publish=s.allow_publish, max_bulk=s.max_bulk, output_limit=s.output_limit
                 ),
             )
-            self.servers.append(server)
+            server = await self.resp.start(host, port)
             self.resp_address = server.sockets[0].getsockname()[:2]
             log.info("RESP (Redis pub/sub protocol) on %s:%d", *self.resp_address)
         log.info(
@@ -123,21 +133,19 @@ class Daemon:
 
     async def _pump(self, replica: Replica) -> None:
         async for txn in replica.transactions():
-            publish_transaction(self.hub, txn)
+            await publish_transaction(self.hub, txn)
 
     def stop(self) -> None:
         self._stopping.set()
 
     async def close(self) -> None:
-        for server in self.servers:
-            server.close()
+        """Stop reading the binlog, then close every client after what is queued for it."""
         if self.replica is not None:
             await self.replica.close()
         if self._schema is not None:
             await self._schema.close()
-        for server in self.servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 5)
+        if self.resp is not None:
+            await self.resp.close()
 
 
 def install_uvloop() -> bool:

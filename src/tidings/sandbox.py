@@ -60,6 +60,10 @@ class PrivateMariaDB:
         return self.base / "data"
 
     @property
+    def tmpdir(self) -> Path:
+        return self.base / "tmp"
+
+    @property
     def socket_path(self) -> Path:
         return self.base / "mysqld.sock"
 
@@ -75,10 +79,12 @@ class PrivateMariaDB:
         if (self.datadir / "mysql").is_dir():
             return
         self.datadir.mkdir(parents=True, exist_ok=True)
+        self.tmpdir.mkdir(exist_ok=True)
         cmd = [
             _which("mariadb-install-db", "mysql_install_db"),
             "--no-defaults",
             f"--datadir={self.datadir}",
+            f"--tmpdir={self.tmpdir}",  # its own: parallel installs must not share /tmp tables
             "--auth-root-authentication-method=normal",
             "--skip-test-db",
         ]
@@ -95,6 +101,7 @@ class PrivateMariaDB:
             _which("mariadbd", "mysqld"),
             "--no-defaults",
             f"--datadir={self.datadir}",
+            f"--tmpdir={self.tmpdir}",
             f"--port={self.port}",
             "--bind-address=127.0.0.1",
             f"--socket={self.socket_path}",
@@ -123,6 +130,7 @@ class PrivateMariaDB:
 
     def start(self, timeout: float = 60.0) -> None:
         self.install()
+        self.tmpdir.mkdir(exist_ok=True)
         with open(self.base / "stdout.log", "ab") as out:
             self.process = subprocess.Popen(
                 self.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True

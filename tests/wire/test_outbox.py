@@ -126,9 +126,9 @@ async def test_cut_when_queue_passes_the_limit(caplog: pytest.LogCaptureFixture)
     with caplog.at_level(logging.WARNING, logger="tidings.wire.outbox"):
         for _ in range(10):
             box.write(b"z" * 1000)
-        assert not transport.aborted.is_set()  # exactly at the limit is fine
+        assert not transport.closing  # exactly at the limit is fine
         box.write(b"z")
-    assert transport.aborted.is_set()
+    assert transport.closed
     assert box.closed
     assert flusher.stats.slow_consumers_cut == 1
     assert transport.writes == [b"-ERR bye\r\n"]  # nothing was in flight: the farewell fits
@@ -150,12 +150,12 @@ async def test_transport_buffer_counts_toward_the_limit() -> None:
     await next_iteration()
     assert transport.buffered == 9000
     box.write(b"c" * 1000)
-    assert not transport.aborted.is_set()
+    assert not transport.closing
     box.write(b"c")
-    assert transport.aborted.is_set()
+    assert transport.closed and not transport.aborted.is_set()
     assert flusher.stats.slow_consumers_cut == 1
-    # a frame is half-sent: no farewell, it would corrupt the stream
-    assert transport.writes == [b"a" * 6000, b"b" * 3000]
+    # the transport holds whole frames only: the reason goes after them; the queue is dropped
+    assert transport.writes == [b"a" * 6000, b"b" * 3000, b"-ERR bye\r\n"]
 
 
 async def test_drained_transport_buffer_is_noticed_before_cutting() -> None:
@@ -177,7 +177,9 @@ async def test_cut_logging_is_rate_limited(caplog: pytest.LogCaptureFixture) -> 
     with caplog.at_level(logging.WARNING, logger="tidings.wire.outbox"):
         for _ in range(100):
             box = Outbox(FakeTransport(), flusher, 100)
-            box.write(b"x" * 101)
+            box.pause_writing()
+            box.write(b"x" * 60)
+            box.write(b"x" * 60)
     assert flusher.stats.slow_consumers_cut == 100
     assert len([r for r in caplog.records if "slow consumer" in r.getMessage()]) == 1
 
@@ -232,12 +234,41 @@ async def test_a_burst_larger_than_a_small_limit_flows_to_a_fast_peer() -> None:
     assert max(map(len, transport.writes)) <= 4 * 1024  # handed over at half the limit
 
 
-async def test_a_frame_larger_than_the_limit_is_named_in_the_log(
+async def test_a_frame_larger_than_the_limit_reaches_an_idle_connection() -> None:
+    box, transport, flusher = make(limit=4096)
+    box.write(b"h" * 5000)  # a big row must not cut every subscriber of its table
+    await next_iteration()
+    assert flusher.stats.slow_consumers_cut == 0
+    assert transport.writes == [b"h" * 5000]
+
+
+async def test_a_second_oversized_frame_behind_a_stuck_one_cuts_and_is_named(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     box, transport, flusher = make(limit=4096, farewell=b"-ERR bye\r\n")
+    transport.stuck = True
+    box.write(b"h" * 5000)
+    await next_iteration()
+    assert transport.buffered == 5000 and flusher.stats.slow_consumers_cut == 0
     with caplog.at_level(logging.WARNING, logger="tidings.wire.outbox"):
-        box.write(b"h" * 5000)
+        box.write(b"i" * 5000)
     assert flusher.stats.slow_consumers_cut == 1
-    assert transport.writes == [b"-ERR bye\r\n"]
+    assert transport.closed
+    assert transport.writes == [b"h" * 5000, b"-ERR bye\r\n"]
     assert "one frame alone is 5000 bytes" in caplog.records[0].getMessage()
+
+
+async def test_a_cut_connection_that_never_reads_is_aborted_after_the_linger() -> None:
+    transport = FakeTransport()
+    transport.stuck = True
+    cut: list[bool] = []
+    box = Outbox(
+        transport, Flusher(), 1000, farewell=b"-ERR bye\r\n", on_cut=lambda: cut.append(True)
+    )
+    box.write(b"a" * 800)
+    await next_iteration()
+    box.pause_writing()
+    box.write(b"b" * 300)
+    assert cut == [True] and transport.closed
+    box.close(linger=0.01)  # a second close is a no-op: the first one's linger timer stands
+    await asyncio.wait_for(transport.aborted.wait(), 10)

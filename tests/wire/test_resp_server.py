@@ -714,7 +714,8 @@ async def test_cut_subscriber_is_told_why_when_the_stream_allows() -> None:
     try:
         c = await Client.connect(server.port)
         await c.call("SUBSCRIBE", "ch", reply=confirm(b"subscribe", b"ch", 1))
-        server.hub.publish("ch", b"x" * 5000)  # one event larger than the whole limit
+        server.hub.publish("ch", b"x" * 5000)  # larger than the limit: delivered alone,
+        server.hub.publish("ch", b"y" * 5000)  # but not with another behind it in one iteration
         reply = await c.read_to_eof()
         assert reply.startswith(b"-ERR output limit reached: ")
         assert reply.endswith(b"; disconnected\r\n")

@@ -25,7 +25,8 @@ class Subscriber(Protocol):
     def deliver(self, event: Event, pattern: str | None) -> None:
         """Queue `event` for the client; `pattern` is the glob that matched, if any.
 
-        Must not block and must not change the hub's subscriptions synchronously.
+        Must not block. It may unsubscribe (a connection cut off for being slow leaves
+        at once): dispatch iterates over copies.
         """
 
 

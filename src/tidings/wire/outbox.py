@@ -14,9 +14,10 @@ the end of the iteration.
 
 Bound. The bytes a connection holds are its queue plus the transport's own
 buffer. When that would pass `limit`, the connection is a slow consumer and is
-cut off: its queue is dropped, a farewell (e.g. a RESP `-ERR`) is written only
-if the transport buffer is empty (so it cannot land in the middle of a frame
-and cannot wait behind megabytes), and the transport is aborted. Like redis's
+cut off: its queue is dropped, a farewell (e.g. a RESP `-ERR`) is written
+after what the transport already holds (whole frames only, so the reason lands
+on a frame boundary), and the transport is closed; if the peer has not read it
+all within `LINGER` seconds, the transport is aborted. Like redis's
 `client-output-buffer-limit pubsub`, but a hard limit only. While the
 transport reports `pause_writing` (its buffer is above its high-water mark),
 the outbox stops handing it data and just queues, so the bound is measured in
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["EARLY_FLUSH", "Flusher", "Outbox", "OutboxStats"]
@@ -124,6 +126,7 @@ class Outbox:
         "limit",
         "logger",
         "name",
+        "on_cut",
         "transport",
     )
 
@@ -136,6 +139,7 @@ class Outbox:
         farewell: bytes = b"",
         name: str = "",
         logger: logging.Logger = log,
+        on_cut: Callable[[], None] | None = None,
     ) -> None:
         self.transport = transport
         self.flusher = flusher
@@ -144,6 +148,8 @@ class Outbox:
         self.farewell = farewell
         self.name = name
         self.logger = logger
+        #: called once the connection is cut (e.g. to leave the hub at once)
+        self.on_cut = on_cut
         #: set once the connection is cut, closing or lost: later writes are dropped
         self.closed = False
         self._chunks: list[bytes] = []
@@ -228,7 +234,9 @@ class Outbox:
         transport = self.transport
         self._backlog = transport.get_write_buffer_size()
         held = self._size + self._backlog
-        if held <= self.limit:
+        # one event larger than the limit still reaches a connection with nothing else pending:
+        # a big row must not disconnect every subscriber of its table
+        if held <= self.limit or (self._backlog == 0 and len(self._chunks) == 1):
             self._update_threshold()
             if not self._dirty:
                 self._dirty = True
@@ -237,13 +245,11 @@ class Outbox:
         self.flusher.stats.slow_consumers_cut += 1
         largest = max(map(len, self._chunks))
         self.flusher.log_cut(self.logger, self.name, held, self.limit, largest)
-        self._drop()
-        if transport.is_closing():
-            return
-        if self.farewell and self._backlog == 0:
-            # the kernel holds whole frames only; the farewell goes after them if it fits
-            transport.write(self.farewell)
-        transport.abort()
+        self._chunks = []  # what never reached the transport is dropped: the bound holds
+        self._size = 0
+        self.close(last_words=self.farewell)
+        if self.on_cut is not None:
+            self.on_cut()
 
     def _drop(self) -> None:
         self.closed = True
@@ -263,14 +269,21 @@ class Outbox:
             self._send()
 
     # -- ending ------------------------------------------------------------------------------
-    def close(self, linger: float = LINGER) -> None:
-        """Send what is queued, then close; abort if the peer has not drained it in `linger`."""
+    def close(self, linger: float = LINGER, last_words: bytes = b"") -> None:
+        """Send what is queued and `last_words`, then close; abort if the peer has not
+        drained it all within `linger` seconds."""
         if self.closed:
             return
-        if self._chunks and not self.transport.is_closing():
+        transport = self.transport
+        if transport.is_closing():
+            self._drop()
+            return
+        if self._chunks:
             self._send()  # even when paused: the queue is bounded and this is the last write
         self._drop()
-        transport = self.transport
+        if last_words:
+            # the transport only ever holds whole frames, so these land after the last one
+            transport.write(last_words)
         transport.close()
         if transport.get_write_buffer_size():
             self._linger = self.flusher.loop.call_later(linger, transport.abort)

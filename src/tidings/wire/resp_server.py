@@ -250,6 +250,7 @@ class RespConnection(asyncio.Protocol):
             farewell=_FAREWELL,
             name=f"id={self.id} addr={self.peer}",
             logger=log,
+            on_cut=self._cut,
         )
         self._write = self.outbox.write
         self.service.connections[self] = None
@@ -323,6 +324,12 @@ class RespConnection(asyncio.Protocol):
         if not self._closed:
             self._closed = True
             self.outbox.close()
+            self._unsubscribe_all()  # nothing more will be sent: leave the hub now
+
+    def _cut(self) -> None:
+        """The outbox cut this slow consumer off: leave the hub, ignore further commands."""
+        self._closed = True
+        self._unsubscribe_all()
 
     # -- commands ----------------------------------------------------------------------------
     def execute(self, args: list[bytes]) -> None:
