@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ import redis.asyncio as aioredis
 from tidings.config import Settings
 from tidings.daemon import Daemon
 from tidings.sandbox import PrivateMariaDB
+from tidings.source.replica import ReplicaError
 
 _dbs = itertools.count(1)
 
@@ -326,3 +328,26 @@ async def test_mariadb_restart_and_crash_mid_stream_lose_and_repeat_nothing(
         assert ids == sorted(set(ids))
     finally:
         await stop_daemon(daemon)
+
+
+async def test_server_without_full_row_metadata_is_refused_unless_told(
+    tmp_path: Path, replica_server_id: int
+) -> None:
+    db = PrivateMariaDB(tmp_path / "minimal", binlog_row_metadata="MINIMAL")
+    await asyncio.to_thread(db.start)
+    try:
+        db.sql("CREATE DATABASE m; CREATE TABLE m.t (id INT PRIMARY KEY, label VARCHAR(9))")
+        daemon = Daemon(Settings(mysql=db.url(), resp="127.0.0.1:0", server_id=replica_server_id))
+        with pytest.raises(ReplicaError, match=r"binlog_row_metadata=MINIMAL.*--names-from-schema"):
+            await asyncio.wait_for(daemon.run(), 20)
+
+        daemon = await start_daemon(db, replica_server_id, names_from_schema=True)
+        try:
+            sub = await subscriber(daemon, "m.t")
+            db.sql("INSERT INTO m.t VALUES (1, 'named')")
+            (event,) = await receive(sub, 1)
+            assert event["data"] == {"id": 1, "label": "named"}
+        finally:
+            await stop_daemon(daemon)
+    finally:
+        await asyncio.to_thread(db.stop)

@@ -126,9 +126,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = from_arguments(args)
             _setup_logging(settings.log_level)
             from tidings.daemon import serve
+            from tidings.source.replica import ReplicaError
 
             install_uvloop()
-            asyncio.run(serve(settings))
+            try:
+                asyncio.run(serve(settings))
+            except ReplicaError as exc:
+                print(f"tidings: replication stopped: {exc}", file=sys.stderr)
+                return 1
             return 0
         if args.command == "tail":
             from tidings.tail import tail

@@ -395,6 +395,25 @@ class Replica:
                 self.url.redacted(),
                 binlog_format,
             )
+        if self.names_from_binlog:
+            await self._check_row_metadata(conn)
+
+    async def _check_row_metadata(self, conn: MySQLConnection) -> None:
+        """Column names come from the binlog only with binlog_row_metadata=FULL: else refuse."""
+        try:
+            rows = await conn.query("SELECT @@binlog_row_metadata")
+            metadata = (rows[0][0] if rows else None) or "unknown"
+        except wire.ServerError:  # MariaDB < 10.5, MySQL < 8.0.14: no such variable
+            metadata = "unsupported by this server version"
+        if metadata.upper() != "FULL":
+            raise ReplicaError(
+                f"{self.url.redacted()} has binlog_row_metadata={metadata}, so the binlog does "
+                "not carry column names. Fix: SET GLOBAL binlog_row_metadata=FULL (and "
+                "binlog_row_metadata=FULL under [mysqld] in the server's config; MariaDB >= "
+                "10.5 or MySQL >= 8.0.14), or start tidings with --names-from-schema to read "
+                "names from information_schema instead (they can be wrong for rows written "
+                "before an ALTER TABLE that tidings reads later)"
+            )
 
     async def _check_server_id_clash(self, conn: MySQLConnection) -> None:
         """Look for another replica registered with our server_id (SHOW SLAVE HOSTS).
