@@ -18,7 +18,10 @@ async def test_thousand_subscribers_receive_ten_thousand_rows_in_order(
     mariadb: PrivateMariaDB, replica_server_id: int
 ) -> None:
     subscribers, rows, processes = 1000, 10_000, 4
-    mariadb.sql("CREATE DATABASE fan; CREATE TABLE fan.t (k INT PRIMARY KEY, v INT NOT NULL)")
+    mariadb.sql(
+        "DROP DATABASE IF EXISTS fan; CREATE DATABASE fan;"
+        " CREATE TABLE fan.t (k INT PRIMARY KEY, v INT NOT NULL)"
+    )
     daemon = await start_daemon(mariadb, replica_server_id)
     try:
         assert daemon.resp_address is not None
