@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,19 +11,6 @@ import pytest
 from tidings.sandbox import PrivateMariaDB
 
 _server_ids = itertools.count(100)
-
-#: modules whose async tests run on both loops: uvloop (production) and stdlib asyncio (fallback)
-BOTH_LOOPS = {"tests.test_end_to_end", "tests.test_fanout"}
-
-
-def pytest_asyncio_loop_factories(
-    config: pytest.Config, item: pytest.Item
-) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]] | None:
-    if item.module is None or item.module.__name__ not in BOTH_LOOPS:  # type: ignore[attr-defined]
-        return None
-    import uvloop
-
-    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(scope="session")
