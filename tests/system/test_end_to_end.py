@@ -19,6 +19,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from tests.source import test_binlog_golden as golden
 from tidings.config import Settings
 from tidings.daemon import Daemon
 from tidings.sandbox import PrivateMariaDB
@@ -104,98 +105,34 @@ async def assert_silent(pubsub: aioredis.client.PubSub, seconds: float = 0.5) ->
     assert message is None, f"unexpected message {message}"
 
 
-ALL_TYPES = """
-CREATE TABLE {db}.t (
-  id INT PRIMARY KEY,
-  ti TINYINT, tiu TINYINT UNSIGNED, si SMALLINT, siu SMALLINT UNSIGNED,
-  mi MEDIUMINT, miu MEDIUMINT UNSIGNED, i INT, iu INT UNSIGNED, bi BIGINT, biu BIGINT UNSIGNED,
-  f FLOAT, d DOUBLE, dec1 DECIMAL(10,2), dec2 DECIMAL(30,10),
-  dt DATETIME, dt6 DATETIME(6), ts TIMESTAMP(3) NULL, dte DATE, tm TIME, tm3 TIME(3), yr YEAR,
-  vc VARCHAR(50), ch CHAR(5), tx TEXT, lat VARCHAR(20) CHARACTER SET latin1,
-  bl BLOB, bn BINARY(4), vb VARBINARY(10),
-  bt BIT(10), en ENUM('a','b','c'), st SET('x','y','z'),
-  js JSON
-)
-"""
-
-ALL_TYPES_ROW = """
-SET time_zone = '+00:00';
-INSERT INTO {db}.t VALUES (
-  1, -128, 255, -32768, 65535, -8388608, 16777215, -2147483648, 4294967295,
-  -9223372036854775808, 18446744073709551615,
-  1.5, -2.25, '9.90', '-12345678901234567890.0123456789',
-  '2024-01-02 03:04:05', '2024-01-02 03:04:05.123456', '2024-01-02 03:04:05.678', '2024-02-29',
-  '-838:59:59', '12:34:56.789', 2024,
-  'héllo 🌍', 'ab', 'long text', 'café',
-  x'00ff10', x'01020304', x'0a0b',
-  b'1010101010', 'b', 'x,z',
-  '{{"a": [1, 2, {{"b": null}}], "s": "ü"}}'
-);
-"""
-
-ALL_TYPES_DATA = {
-    "id": 1,
-    "ti": -128,
-    "tiu": 255,
-    "si": -32768,
-    "siu": 65535,
-    "mi": -8388608,
-    "miu": 16777215,
-    "i": -2147483648,
-    "iu": 4294967295,
-    "bi": -9223372036854775808,
-    "biu": 18446744073709551615,
-    "f": 1.5,
-    "d": -2.25,
-    "dec1": "9.90",
-    "dec2": "-12345678901234567890.0123456789",
-    "dt": "2024-01-02T03:04:05",
-    "dt6": "2024-01-02T03:04:05.123456",
-    "ts": "2024-01-02T03:04:05.678Z",
-    "dte": "2024-02-29",
-    "tm": "-838:59:59",
-    "tm3": "12:34:56.789",
-    "yr": 2024,
-    "vc": "héllo 🌍",
-    "ch": "ab",
-    "tx": "long text",
-    "lat": "café",
-    "bl": "AP8Q",
-    "bn": "AQIDBA==",
-    "vb": "Cgs=",
-    "bt": 682,
-    "en": "b",
-    "st": ["x", "z"],
-    "js": {"a": [1, 2, {"b": None}], "s": "ü"},
-}
-
-
 async def test_every_column_type_insert_update_delete(
     mariadb: PrivateMariaDB, schema: str, daemon: Daemon
 ) -> None:
-    mariadb.sql(ALL_TYPES.format(db=schema))
-    sub = await subscriber(daemon, f"{schema}.t")
-    mariadb.sql(ALL_TYPES_ROW.format(db=schema))
-    mariadb.sql(f"UPDATE {schema}.t SET vc='changed', bi=bi+1, js=NULL WHERE id=1")
-    mariadb.sql(f"DELETE FROM {schema}.t WHERE id=1")
+    # the decoder's golden table (every column type) again, now through the daemon and RESP
+    mariadb.sql(golden.ALL_TYPES, schema)
+    sub = await subscriber(daemon, f"{schema}.all_types")
+    prelude = "SET NAMES utf8mb4; SET time_zone = '+00:00'; SET sql_mode = '';"
+    mariadb.sql(f"{prelude} INSERT INTO all_types VALUES {golden.ROW_1}", schema)
+    mariadb.sql("UPDATE all_types SET vc='changed', bi=bi+1, js=NULL WHERE id=1", schema)
+    mariadb.sql("DELETE FROM all_types WHERE id=1", schema)
     insert, update, delete = await receive(sub, 3)
 
     assert insert["type"] == "insert"
-    assert insert["channel"] == f"{schema}.t"
-    assert (insert["database"], insert["table"]) == (schema, "t")
-    assert insert["data"] == ALL_TYPES_DATA
+    assert insert["channel"] == f"{schema}.all_types"
+    assert (insert["database"], insert["table"]) == (schema, "all_types")
+    assert insert["data"] == golden.EXPECTED_1
     assert "old" not in insert
     assert isinstance(insert["ts"], int) and insert["ts"] > 1_700_000_000
     assert isinstance(insert["xid"], int)
     assert isinstance(insert["gtid"], str) and insert["gtid"].count("-") == 2
 
-    after = {**ALL_TYPES_DATA, "vc": "changed", "bi": -9223372036854775807, "js": None}
+    after = {**golden.EXPECTED_1, "vc": "changed", "bi": -9223372036854775807, "js": None}
     assert update["type"] == "update"
     assert update["data"] == after
     assert update["old"] == {
-        "vc": "héllo 🌍",
+        "vc": golden.EXPECTED_1["vc"],
         "bi": -9223372036854775808,
-        "js": ALL_TYPES_DATA["js"],
+        "js": golden.EXPECTED_1["js"],
     }
 
     assert delete["type"] == "delete"
