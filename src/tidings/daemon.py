@@ -18,7 +18,8 @@ from typing import Any
 
 from tidings.config import Settings, parse_hostport
 from tidings.hub import Hub
-from tidings.source.changes import Position, Transaction
+from tidings.publish import publish_transaction
+from tidings.source.changes import Position
 from tidings.source.replica import Replica
 from tidings.source.schema import SchemaLookup
 from tidings.source.url import MySQLURL
@@ -35,41 +36,6 @@ def raise_fd_limit() -> int:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def change_record(txn: Transaction, index: int) -> dict[str, Any]:
-    """The event JSON fields (after id and channel) for one row change of `txn`."""
-    change = txn.changes[index]
-    record: dict[str, Any] = {
-        "type": change.type,
-        "database": change.database,
-        "table": change.table,
-        "ts": txn.ts,
-        "gtid": txn.gtid,
-        "xid": txn.xid,
-        "data": change.data,
-    }
-    if change.old is not None:
-        record["old"] = change.old
-    return record
-
-
-#: rows published before the loop gets a turn (to flush outboxes) within a big transaction
-YIELD_EVERY = 256
-
-
-async def publish_transaction(hub: Hub, txn: Transaction) -> None:
-    """Publish every row change of a committed transaction, in order.
-
-    Between chunks of a large transaction the loop gets a turn, so outboxes drain
-    to the kernel instead of piling up past their limit; the source is the only
-    publisher of database channels, so the transaction stays contiguous for
-    every subscriber.
-    """
-    for index, change in enumerate(txn.changes):
-        if index and not index % YIELD_EVERY:
-            await asyncio.sleep(0)
-        hub.publish_record(f"{change.database}.{change.table}", change_record(txn, index))
 
 
 class Daemon:

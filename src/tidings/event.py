@@ -8,18 +8,23 @@ how many subscribers receive it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 
 class Event:
     """One message on one channel, with a strictly increasing stream `id`."""
 
-    __slots__ = ("body", "channel", "frames", "id")
+    __slots__ = ("body", "channel", "frames", "id", "record")
 
-    def __init__(self, id: int, channel: str, body: bytes) -> None:
+    def __init__(
+        self, id: int, channel: str, body: bytes, record: dict[str, Any] | None = None
+    ) -> None:
         self.id = id
         self.channel = channel
         #: JSON bytes for database events; the payload as published for PUBLISH.
         self.body = body
+        #: the decoded fields of a database event (what `body` encodes), for row filters
+        self.record = record
         #: Per-format encodings keyed by the codec's own key (e.g. b"resp2:message").
         self.frames: dict[object, bytes] = {}
 

@@ -87,8 +87,8 @@ class Hub:
     def publish_record(self, channel: str, fields: dict[str, Any]) -> Event:
         """Deliver a database event: JSON object with `id` and `channel` first."""
         event_id = self._take_id()
-        body = orjson.dumps({"id": event_id, "channel": channel, **fields})
-        event = Event(event_id, channel, body)
+        record = {"id": event_id, "channel": channel, **fields}
+        event = Event(event_id, channel, orjson.dumps(record), record)
         self.dispatch(event)
         return event
 
