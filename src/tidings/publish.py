@@ -30,15 +30,21 @@ def change_record(txn: Transaction, index: int) -> dict[str, Any]:
 YIELD_EVERY = 256
 
 
-async def publish_transaction(hub: Hub, txn: Transaction) -> None:
-    """Publish every row change of a committed transaction, in order.
+async def publish_transaction(hub: Hub, txn: Transaction, *, live: bool = True) -> None:
+    """Publish every row change of a committed transaction, in order, then mark its end.
 
     Between chunks of a large transaction the loop gets a turn, so outboxes drain
     to the kernel instead of piling up past their limit; the source is the only
     publisher of database channels, so the transaction stays contiguous for
-    every subscriber.
+    every subscriber. With `live=False` (re-reading old binlog at start-up to
+    refill history) the events take their ids but reach no subscriber.
+    `hub.mark()` comes after the last event: the hub (and the checkpoint) may
+    only pair `txn.position` with the id that follows all of its events.
     """
     for index, change in enumerate(txn.changes):
         if index and not index % YIELD_EVERY:
             await asyncio.sleep(0)
-        hub.publish_record(f"{change.database}.{change.table}", change_record(txn, index))
+        hub.publish_record(
+            f"{change.database}.{change.table}", change_record(txn, index), live=live
+        )
+    hub.mark(txn.position)
