@@ -38,6 +38,9 @@ __all__ = ["redis_port"]  # a fixture, imported for use here
         ("(a|b)+", ["(a|b)+"], ["a", "ab"]),
         ("café.*", ["café.x"], ["cafe.x"]),
         ("**a", ["a", "xa"], ["ab"]),
+        # range ends compare as signed chars in redis: '?'-0xc3 is 0xc3..0xff and 0x00..'?'
+        # (one byte each: "\udcXX" is the lone byte 0xXX, as a client's non-UTF-8 bytes are)
+        ("[?-é", ["?", "0", "\udcc3", "\udcff", "\udca9"], ["[", "a", "é", "\udcc2"]),
     ],
 )
 def test_glob_literals(pattern: str, matching: list[str], not_matching: list[str]) -> None:

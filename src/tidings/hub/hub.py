@@ -18,7 +18,9 @@ from typing import Any, Protocol
 import orjson
 
 from tidings.event import Event
+from tidings.hub.marks import Marks
 from tidings.hub.patterns import GlobPattern
+from tidings.source.changes import Position
 
 
 class Subscriber(Protocol):
@@ -31,7 +33,7 @@ class Subscriber(Protocol):
 
 
 class Hub:
-    __slots__ = ("_channels", "_matching", "_patterns", "next_id", "published")
+    __slots__ = ("_channels", "_matching", "_patterns", "epoch", "marks", "next_id", "published")
 
     def __init__(self, first_id: int = 1) -> None:
         self._channels: dict[str, dict[Subscriber, None]] = {}
@@ -40,7 +42,11 @@ class Hub:
         self._matching: dict[str, tuple[str, ...]] = {}
         #: id the next published event gets
         self.next_id = first_id
+        #: first id of the current epoch (see docs/topics/delivery.md); set with next_id
+        self.epoch = first_id
         self.published = 0
+        #: binlog positions -> next id, at transaction boundaries (see `mark`)
+        self.marks = Marks()
 
     # -- subscriptions -------------------------------------------------------------------
     def subscribe(self, sub: Subscriber, channel: str) -> None:
@@ -80,17 +86,36 @@ class Hub:
         return len(self._patterns)
 
     # -- fan-out ---------------------------------------------------------------------------
-    def publish(self, channel: str, body: bytes) -> int:
-        """Deliver `body` on `channel` as-is; return the number of receivers."""
-        return self.dispatch(Event(self._take_id(), channel, body))
+    def publish(self, channel: str, body: bytes, *, live: bool = True) -> int:
+        """Deliver `body` on `channel` as-is; return the number of receivers.
 
-    def publish_record(self, channel: str, fields: dict[str, Any]) -> Event:
+        With `live=False` the event only takes its id (and its place in history):
+        used while re-reading old binlog at start-up.
+        """
+        event = Event(self._take_id(), channel, body)
+        return self.dispatch(event) if live else 0
+
+    def publish_record(self, channel: str, fields: dict[str, Any], *, live: bool = True) -> Event:
         """Deliver a database event: JSON object with `id` and `channel` first."""
         event_id = self._take_id()
         record = {"id": event_id, "channel": channel, **fields}
         event = Event(event_id, channel, orjson.dumps(record), record)
-        self.dispatch(event)
+        if live:
+            self.dispatch(event)
         return event
+
+    # -- binlog positions ----------------------------------------------------------------
+    def mark(self, position: Position) -> None:
+        """Record that the stream is at `position` (a transaction boundary) with `next_id`."""
+        self.marks.add(position, self.next_id)
+
+    def id_at(self, position: Position) -> int | None:
+        """The next id at transaction boundary `position`, if reached and still recorded."""
+        return self.marks.id_at(position)
+
+    async def wait_position(self, position: Position) -> int | None:
+        """Wait until the stream has reached `position`; return `id_at(position)`."""
+        return await self.marks.wait(position)
 
     def dispatch(self, event: Event) -> int:
         self.published += 1

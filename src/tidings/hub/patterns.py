@@ -4,7 +4,8 @@ Mirrors redis `stringmatchlen` (util.c) over UTF-8 bytes, quirks included:
 `?` is one byte; `\\x` is a literal x (also inside a class); `[^...]` negates;
 `]` right after `[` closes an empty class (`[]` matches nothing, `[^]` any
 byte); an unclosed `[` runs to the end of the pattern; `a-z` ranges may be
-written backwards. The pattern is translated once into a bytes regex.
+written backwards, and their ends compare as signed C chars (bytes >= 0x80 sort
+below 0x00). The pattern is translated once into a bytes regex.
 """
 
 from __future__ import annotations
@@ -16,6 +17,16 @@ from functools import lru_cache
 
 def _byte(c: int) -> bytes:
     return b"\\x%02x" % c
+
+
+def _range(a: int, b: int) -> bytes:
+    """The bytes in a class range `a-b` as redis compares them: as C `char`, signed on
+    the platforms redis is built for, so 0x80-0xff sort below 0x00."""
+    lo, hi = sorted((a - 256 if a > 127 else a, b - 256 if b > 127 else b))
+    if lo >= 0 or hi < 0:  # one side of zero: a plain byte range
+        return _byte(lo & 0xFF) + b"-" + _byte(hi & 0xFF)
+    # from a high byte through 0xff, then 0x00 through the low one
+    return _byte(0) + b"-" + _byte(hi) + _byte(lo & 0xFF) + b"-" + _byte(0xFF)
 
 
 def _class(p: bytes, i: int) -> tuple[bytes, int]:
@@ -33,8 +44,7 @@ def _class(p: bytes, i: int) -> tuple[bytes, int]:
         elif c == ord("]"):
             break
         elif n - i >= 3 and p[i + 1] == ord("-"):
-            lo, hi = sorted((c, p[i + 2]))
-            items.append(_byte(lo) + b"-" + _byte(hi))
+            items.append(_range(c, p[i + 2]))
             i += 2
         else:
             items.append(_byte(c))

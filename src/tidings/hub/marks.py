@@ -1,0 +1,163 @@
+"""Position marks: which stream id comes next at which binlog position.
+
+After each committed transaction the publisher calls `Hub.mark(position)`; the
+hub records (position, next id) here. That answers "which id does the stream
+have at binlog position P?" (`id_at`), which a consistent snapshot needs to
+hand over to the stream exactly at P, and lets a caller wait until the stream
+has passed P (`wait`).
+
+Positions are ordered by binlog coordinate: file name (its numeric suffix as a
+number, so `.999999` < `.1000000`) then offset. A position with no file (a
+bare GTID state) is compared by GTID instead: per MariaDB domain (or MySQL
+server uuid) the highest sequence number, a partial order that is exact for
+the gap-free GTID histories a replica stream produces.
+
+Consecutive marks with the same next id (transactions that published nothing)
+are stored once: any position between two stored marks maps to the earlier
+one's id, which is the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import re
+
+from tidings.source.changes import Position
+
+__all__ = ["Marks", "gtid_covers", "position_key"]
+
+_SUFFIX = re.compile(r"^(.*?)(\d*)$")
+
+#: a file coordinate as a sortable key: (file prefix, numeric suffix, offset)
+Key = tuple[str, int, int]
+
+
+def position_key(position: Position) -> Key | None:
+    """The sort key of a position's file coordinate; None for a GTID-only position."""
+    if not position.file:
+        return None
+    match = _SUFFIX.match(position.file)
+    assert match is not None  # the pattern matches any string
+    return match[1], int(match[2] or -1), position.pos
+
+
+def _gtid_state(text: str) -> dict[str, int]:
+    """'0-1-5,1-2-9' (MariaDB) or 'uuid:1-5:7-9,...' (MySQL) -> {domain or uuid: last seq}."""
+    state: dict[str, int] = {}
+    for item in text.replace("\n", "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if ":" in item:  # MySQL: uuid:interval[:interval...]
+            uuid, _, intervals = item.partition(":")
+            last = intervals.rsplit(":", 1)[-1].rsplit("-", 1)[-1]
+            state[uuid.lower()] = int(last)
+        else:  # MariaDB: domain-server-seq
+            domain, _, rest = item.partition("-")
+            state[domain] = int(rest.rpartition("-")[2])
+    return state
+
+
+def gtid_covers(later: str, earlier: str) -> bool:
+    """Whether GTID state `later` includes everything in `earlier`."""
+    have = _gtid_state(later)
+    return all(have.get(k, -1) >= seq for k, seq in _gtid_state(earlier).items())
+
+
+class Marks:
+    """A bounded, ordered record of (position, next id) at transaction boundaries."""
+
+    __slots__ = (
+        "_ids",
+        "_keyed",
+        "_keys",
+        "_limit",
+        "_positions",
+        "_waiters",
+        "reached",
+        "reached_id",
+    )
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._limit = max(16, limit)
+        self._keys: list[Key] = []
+        self._keyed = True  # every mark has a file coordinate: bisect by it
+        self._ids: list[int] = []
+        self._positions: list[Position] = []
+        #: the last position marked, and the next id there
+        self.reached: Position | None = None
+        self.reached_id = 0
+        self._waiters: list[tuple[Position, asyncio.Future[int | None]]] = []
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, position: Position, next_id: int) -> None:
+        self.reached = position
+        self.reached_id = next_id
+        if not self._ids or self._ids[-1] != next_id:
+            key = position_key(position)
+            if key is None:
+                self._keyed = False
+            else:
+                self._keys.append(key)
+            self._ids.append(next_id)
+            self._positions.append(position)
+            if len(self._ids) > 2 * self._limit:  # trim in halves: amortised O(1)
+                del self._keys[: self._limit], self._ids[: self._limit]
+                del self._positions[: self._limit]
+        if self._waiters:
+            self._wake()
+
+    def passed(self, position: Position) -> bool:
+        """Whether the stream has reached `position` (or gone past it)."""
+        return self.reached is not None and _not_after(position, self.reached)
+
+    def id_at(self, position: Position) -> int | None:
+        """The next id at `position`, if the stream has reached it and it is still recorded."""
+        if not self._ids or not self.passed(position):
+            return None
+        key = position_key(position)
+        if key is not None and self._keyed:
+            index = bisect.bisect_right(self._keys, key) - 1
+            return self._ids[index] if index >= 0 else None
+        # a GTID-only position (or marks without files): the last mark it covers
+        for index in range(len(self._positions) - 1, -1, -1):
+            if _not_after(self._positions[index], position):
+                return self._ids[index]
+        return None
+
+    async def wait(self, position: Position) -> int | None:
+        """Wait until the stream has reached `position`; return `id_at(position)`."""
+        if self.passed(position):
+            return self.id_at(position)
+        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        entry = (position, future)
+        self._waiters.append(entry)
+        try:
+            return await future
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+
+    def _wake(self) -> None:
+        waiting = []
+        for position, future in self._waiters:
+            if future.done():
+                continue
+            if self.passed(position):
+                future.set_result(self.id_at(position))
+            else:
+                waiting.append((position, future))
+        self._waiters = waiting
+
+
+def _not_after(a: Position, b: Position) -> bool:
+    """a <= b in stream order: by file coordinate when both have one, else by GTID."""
+    ka, kb = position_key(a), position_key(b)
+    if ka is not None and kb is not None:
+        return ka <= kb
+    if a.gtid is not None and b.gtid is not None:
+        return gtid_covers(b.gtid, a.gtid)
+    raise ValueError(f"cannot order positions {a} and {b}: no common coordinate")
