@@ -1,0 +1,453 @@
+"""The subscriber load generator shared by every scale benchmark.
+
+One `Fleet` is several worker processes, each holding a share of the client
+connections over raw non-blocking sockets and one `select.epoll`, from its own
+127.0.0.x source address (so no process and no source address runs out of
+descriptors or ephemeral ports). The same fleet drives tidings, redis-server
+and PostgreSQL: a connection is just `hello` bytes to send and a `terminator`
+to wait for (`times` times) before it counts as ready: a RESP SUBSCRIBE and
+its confirmation, or a PostgreSQL startup + LISTEN and two ReadyForQuery.
+
+After the handshake a worker does one of three things, as the parent says:
+
+- count: add up the bytes received; every message has the same frame size, so
+  bytes / frame size is the message count (no parsing: the generator stays cheap);
+- stamps: find each `T=<19 digits>` (time.time_ns() at the sender) in the stream
+  and keep receipt time minus stamp, one sample per message per connection;
+- idle: hold the connections and read nothing.
+
+Each worker reports its own CPU seconds for the measured phase (os.times), so a
+table can show whether the generator or the server was the bottleneck.
+Publishers (`publish`) are plain blocking sockets in their own processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import re
+import select
+import socket
+import time
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+
+from harness import raise_nofile, resp_command
+
+IP_BIND_ADDRESS_NO_PORT = 24  # Linux: pick the source port at connect(), per destination
+STAMP = re.compile(rb"T=(\d{19})")
+HANDSHAKE_BATCH = 256  # connections in flight before waiting for their handshakes
+QUIET = 5.0  # seconds without data after which a worker gives up waiting for the rest
+
+_ctx = mp.get_context("fork")
+
+
+@dataclass(slots=True, frozen=True)
+class Hello:
+    """What one connection sends first, and what ends its handshake."""
+
+    data: bytes
+    terminator: bytes
+    times: int = 1
+
+
+def resp_subscribe(channel: bytes) -> Hello:
+    return Hello(resp_command(b"SUBSCRIBE", channel), b":1\r\n")
+
+
+def pg_listen(channel: str, user: str = "postgres", database: str = "postgres") -> Hello:
+    params = b"user\0%b\0database\0%b\0\0" % (user.encode(), database.encode())
+    startup = (8 + len(params)).to_bytes(4, "big") + (196608).to_bytes(4, "big") + params
+    sql = f"LISTEN {channel}".encode() + b"\0"
+    query = b"Q" + (4 + len(sql)).to_bytes(4, "big") + sql
+    # pipelined: the backend reads the query only once authentication is done
+    return Hello(startup + query, b"Z\x00\x00\x00\x05I", 2)
+
+
+def resp_message_size(channel: bytes, payload_size: int) -> int:
+    """Bytes of one RESP2 pub/sub message frame."""
+    return (
+        len(
+            b"*3\r\n$7\r\nmessage\r\n$%d\r\n%b\r\n$%d\r\n\r\n"
+            % (len(channel), channel, payload_size)
+        )
+        + payload_size
+    )
+
+
+@dataclass(slots=True, frozen=True)
+class Expect:
+    """What connection i must receive: `published` messages went round-robin over `channels`
+    channels, connection i listens on channel i % channels; `unit` bytes per message (count
+    mode) or 1 (stamps mode). Picklable, unlike a lambda: it crosses to the workers."""
+
+    published: int
+    channels: int = 1
+    unit: int = 1
+
+    def __call__(self, i: int) -> int:
+        k = i % self.channels
+        n = self.published // self.channels + (1 if k < self.published % self.channels else 0)
+        return n * self.unit
+
+
+@dataclass(slots=True)
+class Report:
+    """What one worker measured."""
+
+    connections: int = 0
+    received: int = 0  # bytes
+    messages: int = 0
+    #: connections that received less than expected, and connections the server closed
+    short: int = 0
+    closed: int = 0
+    first: float = 0.0  # time.monotonic() of the first and last receipt (system-wide clock)
+    last: float = 0.0
+    cpu: float = 0.0
+    samples: bytes = b""  # array('q') of latencies in ns (stamps mode)
+    errors: list[str] = field(default_factory=list)
+
+
+def _connect(host: str, port: int, source: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+    sock.bind((source, 0))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.connect((host, port))
+    sock.setblocking(False)
+    return sock
+
+
+def _worker(
+    ctrl: Connection, host: str, port: int, source: str, hellos: Sequence[tuple[int, Hello]]
+) -> None:
+    raise_nofile()
+    ep = select.epoll()
+    socks: dict[int, socket.socket] = {}
+    index: dict[int, int] = {}  # fd -> position in hellos
+    try:
+        _handshake(ep, socks, index, host, port, source, hellos)
+    except Exception as exc:  # tell the parent instead of hanging it
+        ctrl.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    ctrl.send(("ready", len(socks)))
+    ep.register(ctrl.fileno(), select.EPOLLIN)
+    while True:
+        command, arg = ctrl.recv()
+        if command == "close":
+            break
+        if command == "count":
+            ctrl.send(("report", _measure(ep, ctrl, socks, index, arg, stamps=False)))
+        elif command == "stamps":
+            ctrl.send(("report", _measure(ep, ctrl, socks, index, arg, stamps=True)))
+    for sock in socks.values():
+        sock.close()
+    ctrl.send(("closed", None))
+
+
+def _handshake(
+    ep: select.epoll,
+    socks: dict[int, socket.socket],
+    index: dict[int, int],
+    host: str,
+    port: int,
+    source: str,
+    hellos: Sequence[tuple[int, Hello]],
+) -> None:
+    pending: dict[int, bytes] = {}
+    by_number = dict(hellos)
+    deadline = time.monotonic() + 120
+    for lo in range(0, len(hellos), HANDSHAKE_BATCH):
+        for i in range(lo, min(lo + HANDSHAKE_BATCH, len(hellos))):
+            number, hello = hellos[i]
+            sock = _connect(host, port, source)
+            fd = sock.fileno()
+            socks[fd] = sock
+            index[fd] = number
+            sock.send(hello.data)
+            pending[fd] = b""
+            ep.register(fd, select.EPOLLIN)
+        # wait for this batch before opening more: the server's accept queue stays short
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(pending)} handshakes unfinished")
+            for fd, _ in ep.poll(1.0):
+                data = socks[fd].recv(65536)
+                if not data:
+                    raise ConnectionError("server closed a connection during the handshake")
+                got = pending[fd] + data
+                hello = by_number[index[fd]]
+                if got.count(hello.terminator) >= hello.times:
+                    del pending[fd]
+                else:
+                    pending[fd] = got
+
+
+def _measure(
+    ep: select.epoll,
+    ctrl: Connection,
+    socks: dict[int, socket.socket],
+    index: dict[int, int],
+    expect_of: Expect | None,
+    *,
+    stamps: bool,
+) -> Report:
+    """Receive until the parent's expectation (sent later as ("expect", f)) is met.
+
+    `expect_of(i)` is what connection i must receive: bytes in count mode, messages
+    in stamps mode.
+    """
+    t_cpu = os.times()
+    report = Report(connections=len(socks))
+    got: dict[int, int] = dict.fromkeys(socks, 0)
+    carry: dict[int, bytes] = dict.fromkeys(socks, b"")
+    samples = array("q")
+    buf = bytearray(1 << 18)
+    view = memoryview(buf)
+    ctrl_fd = ctrl.fileno()
+    expected_total = -1
+    total = 0
+    last_data = time.monotonic()
+    if expect_of is not None:
+        expected_total = sum(expect_of(index[fd]) for fd in socks)
+    ctrl.send(("measuring", None))
+    open_socks = dict(socks)
+    while True:
+        events = ep.poll(0.5)
+        now = time.monotonic()
+        for fd, _ in events:
+            if fd == ctrl_fd:
+                command, arg = ctrl.recv()
+                if command == "expect":
+                    expect_of = arg
+                    expected_total = sum(arg(index[f]) for f in socks)
+                continue
+            sock = open_socks.get(fd)
+            if sock is None:
+                continue
+            try:
+                n = sock.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:
+                report.errors.append(repr(exc))
+                n = 0
+            if n == 0:
+                report.closed += 1
+                ep.unregister(fd)
+                del open_socks[fd]
+                continue
+            if not report.first:
+                report.first = now
+            report.last = time.monotonic()
+            last_data = report.last
+            report.received += n
+            if stamps:
+                t = time.time_ns()
+                data = carry[fd] + bytes(view[:n])
+                end = 0
+                k = 0
+                for m in STAMP.finditer(data):
+                    samples.append(t - int(m.group(1)))
+                    end = m.end()
+                    k += 1
+                carry[fd] = data[max(end, len(data) - 21) :]
+                got[fd] += k
+                total += k
+            else:
+                got[fd] += n
+                total += n
+        if expected_total >= 0 and total >= expected_total:
+            break
+        if expected_total >= 0 and now - last_data > QUIET:
+            report.errors.append(f"quiet for {QUIET}s with {total} of {expected_total} received")
+            break
+    t_end = os.times()
+    report.cpu = (t_end.user - t_cpu.user) + (t_end.system - t_cpu.system)
+    report.messages = total if stamps else 0
+    assert expect_of is not None
+    report.short = sum(1 for fd, n in got.items() if n < expect_of(index[fd]))
+    report.samples = samples.tobytes()
+    return report
+
+
+class Fleet:
+    """Worker processes holding `len(hellos)` connections to host:port between them."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        hellos: Sequence[Hello],
+        *,
+        processes: int = 4,
+        first_source: int = 2,
+    ) -> None:
+        self.size = len(hellos)
+        self.workers: list[tuple[mp.process.BaseProcess, Connection]] = []
+        processes = max(1, min(processes, len(hellos)))
+        for w in range(processes):
+            share = [(i, hellos[i]) for i in range(w, len(hellos), processes)]
+            parent, child = _ctx.Pipe()
+            source = f"127.0.0.{first_source + w}"
+            proc = _ctx.Process(
+                target=_worker, args=(child, host, port, source, share), daemon=True
+            )
+            proc.start()
+            child.close()
+            self.workers.append((proc, parent))
+        self.processes = processes
+        for _, conn in self.workers:
+            kind, arg = conn.recv()
+            if kind != "ready":
+                self.close()
+                raise RuntimeError(f"load worker failed: {arg}")
+
+    def pids(self) -> list[int]:
+        return [p.pid for p, _ in self.workers if p.pid is not None]
+
+    def start(self, mode: str, expect: Expect | None = None) -> None:
+        """Begin measuring ("count" bytes or "stamps"); returns once every worker listens."""
+        for _, conn in self.workers:
+            conn.send((mode, expect))
+        for _, conn in self.workers:
+            kind, arg = conn.recv()
+            if kind != "measuring":
+                raise RuntimeError(f"load worker: {kind} {arg}")
+
+    def expect(self, f: Expect) -> None:
+        """What connection i (fleet-wide) must receive before the workers report."""
+        for _, conn in self.workers:
+            conn.send(("expect", f))
+
+    def results(self) -> list[Report]:
+        out = []
+        for _, conn in self.workers:
+            kind, arg = conn.recv()
+            if kind != "report":
+                raise RuntimeError(f"load worker: {kind} {arg}")
+            out.append(arg)
+        return out
+
+    def close(self) -> None:
+        for _, conn in self.workers:
+            with contextlib.suppress(OSError, EOFError):
+                conn.send(("close", None))
+        for proc, conn in self.workers:
+            with contextlib.suppress(OSError, EOFError):
+                if conn.poll(30):
+                    conn.recv()
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def merge(reports: Sequence[Report]) -> Report:
+    """Totals over a fleet's reports (samples left out: see `samples`)."""
+    return Report(
+        connections=sum(r.connections for r in reports),
+        received=sum(r.received for r in reports),
+        messages=sum(r.messages for r in reports),
+        short=sum(r.short for r in reports),
+        closed=sum(r.closed for r in reports),
+        first=min((r.first for r in reports if r.first), default=0.0),
+        last=max((r.last for r in reports), default=0.0),
+        cpu=sum(r.cpu for r in reports),
+        errors=[e for r in reports for e in r.errors][:5],
+    )
+
+
+def samples(reports: Sequence[Report]) -> list[int]:
+    """Every latency sample of a fleet, sorted (ns)."""
+    out = array("q")
+    for r in reports:
+        out.frombytes(r.samples)
+    return sorted(out)
+
+
+# -- publishers: one blocking socket each, in its own process ---------------------------------
+@dataclass(slots=True)
+class PublishReport:
+    published: int = 0
+    start: float = 0.0  # time.monotonic()
+    end: float = 0.0
+    cpu: float = 0.0
+    first_reply: bytes = b""
+
+
+def _publish_worker(
+    ctrl: Connection,
+    port: int,
+    blobs: Sequence[bytes],
+    per_blob: int,
+    count: int,
+    seconds: float,
+) -> None:
+    """Send blobs (each `per_blob` commands) in turn, each after the previous one's replies."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    ctrl.send("ready")
+    ctrl.recv()  # go
+    report = PublishReport()
+    t_cpu = os.times()
+    report.start = time.monotonic()
+    deadline = report.start + seconds
+    buf = bytearray(1 << 16)
+    sent = 0
+    i = 0
+    nblobs = len(blobs)
+    while sent < count and time.monotonic() < deadline:
+        sock.sendall(blobs[i])
+        i = i + 1 if i + 1 < nblobs else 0
+        # integer replies: one "\n" each
+        lines = 0
+        while lines < per_blob:
+            n = sock.recv_into(buf)
+            if n == 0:
+                raise ConnectionError("server closed the publisher")
+            if not report.first_reply:
+                report.first_reply = bytes(buf[: min(n, 32)])
+            lines += buf.count(b"\n", 0, n)
+        sent += per_blob
+    report.end = time.monotonic()
+    t_end = os.times()
+    report.cpu = (t_end.user - t_cpu.user) + (t_end.system - t_cpu.system)
+    report.published = sent
+    sock.close()
+    ctrl.send(report)
+
+
+class Publisher:
+    """A RESP PUBLISH client in its own process: `blobs` cycled until `count` or `seconds`."""
+
+    def __init__(
+        self, port: int, blobs: Sequence[bytes], per_blob: int, count: int, seconds: float
+    ) -> None:
+        self.conn, child = _ctx.Pipe()
+        self.proc = _ctx.Process(
+            target=_publish_worker,
+            args=(child, port, blobs, per_blob, count, seconds),
+            daemon=True,
+        )
+        self.proc.start()
+        child.close()
+        if self.conn.recv() != "ready":
+            raise RuntimeError("publisher failed to connect")
+
+    def go(self) -> None:
+        self.conn.send("go")
+
+    def result(self) -> PublishReport:
+        report: PublishReport = self.conn.recv()
+        self.proc.join(10)
+        return report
