@@ -127,12 +127,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             _setup_logging(settings.log_level)
             from tidings.daemon import serve
             from tidings.source.replica import ReplicaError
+            from tidings.state import StateError
 
             install_uvloop()
             try:
                 asyncio.run(serve(settings))
             except ReplicaError as exc:
                 print(f"tidings: replication stopped: {exc}", file=sys.stderr)
+                return 1
+            except StateError as exc:
+                print(f"tidings: {exc}", file=sys.stderr)
                 return 1
             return 0
         if args.command == "tail":

@@ -65,6 +65,35 @@ class Settings:
         "pending output after which a slow subscriber is disconnected (bytes; k/M suffix ok)",
         kind="size",
     )
+    state_dir: str = _opt(
+        "",
+        "directory for the checkpoint and mark index, so that event ids survive restarts "
+        "(empty: none; every start is then a new epoch beginning at --start)",
+        metavar="DIR",
+    )
+    checkpoint_interval: float = _opt(
+        0.2,
+        "at most this often (seconds) the checkpoint is written while events flow; it is "
+        "also written on shutdown. Shorter: less to replay after a crash",
+        metavar="S",
+    )
+    new_epoch: bool = _opt(
+        False,
+        "start a new epoch at --start (default: the current end of the binlog) even though "
+        "--state-dir has a checkpoint, e.g. after the binlog was purged past it. Resuming "
+        "clients get a gap. Use once, not in a config file",
+    )
+    mark_every: int = _opt(
+        10_000,
+        "events between two marks in the state directory's index (where a restart can start "
+        "re-reading the binlog to refill history)",
+        metavar="N",
+    )
+    history_events: int = _opt(
+        100_000,
+        "events re-read from the binlog at start-up to refill history (with --state-dir)",
+        metavar="N",
+    )
     log_level: str = _opt("info", "debug, info, warning or error", metavar="LEVEL")
 
     def __post_init__(self) -> None:
@@ -76,6 +105,10 @@ class Settings:
             raise ConfigError("max_bulk must be >= 1 and output_limit >= 1024 bytes")
         if self.heartbeat <= 0:
             raise ConfigError("heartbeat must be > 0 seconds")
+        if self.checkpoint_interval < 0:
+            raise ConfigError("checkpoint_interval must be >= 0 seconds")
+        if self.mark_every < 1 or self.history_events < 0:
+            raise ConfigError("mark_every must be >= 1 and history_events >= 0")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(
                 f"log_level must be debug, info, warning or error: {self.log_level!r}"

@@ -14,15 +14,28 @@ import contextlib
 import logging
 import resource
 import signal
+import time
 from typing import Any
 
 from tidings.config import Settings, parse_hostport
 from tidings.hub import Hub
 from tidings.publish import publish_transaction
 from tidings.source.changes import Position
-from tidings.source.replica import Replica
+from tidings.source.connection import MySQLConnection
+from tidings.source.replica import Replica, ReplicaError, classify
 from tidings.source.schema import SchemaLookup
 from tidings.source.url import MySQLURL
+from tidings.state import (
+    CheckpointWriter,
+    Mark,
+    MarkIndex,
+    ServerFacts,
+    StartPlan,
+    StateDir,
+    StateError,
+    plan_start,
+    read_server_facts,
+)
 from tidings.wire.resp_server import RespService, RespSettings
 
 log = logging.getLogger("tidings.daemon")
@@ -39,14 +52,26 @@ def raise_fd_limit() -> int:
 
 
 class Daemon:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, hub: Hub | None = None) -> None:
         self.settings = settings
-        self.hub = Hub()
+        self.hub = hub if hub is not None else Hub()
         self.replica: Replica | None = None
         self.resp: RespService | None = None
         self.resp_address: tuple[str, int] | None = None
+        #: with --state-dir: the directory, its checkpoint writer and mark index
+        self.state: StateDir | None = None
+        self.checkpoints: CheckpointWriter | None = None
+        self.marks: MarkIndex | None = None
+        #: how this run started (with --state-dir)
+        self.plan: StartPlan | None = None
+        #: events with smaller ids are history refills at start-up, not delivered live
+        self.live_from = 0
+        #: set once the start-up re-reading (if any) has caught up with the checkpoint
+        self.live = asyncio.Event()
+        self._last_mark = 0
         self._stopping = asyncio.Event()
         self._schema: SchemaLookup | None = None
+        self._pump_task: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -65,49 +90,191 @@ class Daemon:
         log.info(
             "descriptor limit %d: room for about %d client connections", capacity, capacity - 50
         )
-        if s.mysql:
-            url = MySQLURL.parse(s.mysql)
-            self._schema = SchemaLookup(url)
-            self.replica = Replica(
-                url,
-                server_id=s.server_id,
-                start=Position.parse(s.start),
-                table_info=self._schema.table_info,
-                heartbeat=s.heartbeat,
-                names_from_binlog=not s.names_from_schema,
-            )
-            log.info(
-                "reading the binlog of %s as replica server_id=%d", url.redacted(), s.server_id
-            )
-        else:
+        if not s.mysql:
+            self._new_epoch_in_memory()
+            if s.state_dir:
+                log.warning("--state-dir is unused without --mysql: ids live in memory only")
             log.warning("no --mysql given: serving pub/sub only, no database events")
+            self.live.set()
+            return
+        url = MySQLURL.parse(s.mysql)
+        if s.state_dir:
+            start = await self._open_state(url)
+            if start is None:  # stopped while waiting for the server
+                return
+        else:
+            self._new_epoch_in_memory()
+            start = Position.parse(s.start)
+        if self.hub.next_id >= self.live_from:
+            self.live.set()
+        self._schema = SchemaLookup(url)
+        self.replica = Replica(
+            url,
+            server_id=s.server_id,
+            start=start,
+            table_info=self._schema.table_info,
+            heartbeat=s.heartbeat,
+            names_from_binlog=not s.names_from_schema,
+        )
+        log.info("reading the binlog of %s as replica server_id=%d", url.redacted(), s.server_id)
+
+    def _new_epoch_in_memory(self) -> None:
+        """No state: every start is a new epoch, ids from the clock (see delivery.md)."""
+        self.hub.epoch = self.hub.next_id = time.time_ns() // 1000
+
+    async def _open_state(self, url: MySQLURL) -> Position | None:
+        """Load the checkpoint, check it against the server, decide where to read from."""
+        s = self.settings
+        state = self.state = StateDir(s.state_dir)
+        state.open()
+        checkpoint = state.checkpoints.load()
+        facts = await self._server_facts(url)
+        if facts is None:
+            return None
+        index = state.marks(checkpoint.epoch if checkpoint else 0)
+        marks = index.load() if checkpoint else []
+        plan = self.plan = plan_start(
+            checkpoint,
+            facts,
+            marks,
+            state_dir=state.path,
+            new_epoch=s.new_epoch,
+            start=Position.parse(s.start),
+            history=s.history_events,
+            now_us=time.time_ns() // 1000,
+        )
+        writer = self.checkpoints = CheckpointWriter(
+            state.checkpoints,
+            epoch=plan.epoch,
+            server=facts.identity,
+            interval=s.checkpoint_interval,
+            last_written=None if plan.new_epoch else checkpoint,
+        )
+        if plan.new_epoch:
+            if checkpoint is not None:
+                log.warning("starting a new epoch: ids of epoch %d lose their meaning, "
+                            "resuming clients get a gap", checkpoint.epoch)  # fmt: skip
+            index = state.marks(plan.epoch)
+            index.replace([Mark(plan.epoch, plan.read_from)] if plan.read_from.file else [])
+            # on disk before any event takes an id: a crash now must not start yet another
+            # epoch whose ids would repeat nothing of this one
+            writer.advance(plan.epoch, plan.read_from)
+            await writer.write_now()
+        elif facts.files is not None:
+            dropped = index.prune(facts.files)
+            if dropped:
+                log.info("dropped %d marks in purged binlog files", dropped)
+        self.marks = index
+        self._last_mark = index.marks[-1].id if index.marks else plan.first_id
+        self.hub.epoch = plan.epoch
+        self.hub.next_id = plan.first_id
+        self.live_from = plan.live_from
+        log.info("%s", plan.summary)
+        return plan.read_from
+
+    async def _server_facts(self, url: MySQLURL) -> ServerFacts | None:
+        """Who the server is and which binlogs it has; waits for it to come up."""
+        delay = 0.2
+        while not self._stopping.is_set():
+            try:
+                conn = await MySQLConnection.connect(url, timeout=10.0)
+                try:
+                    return await read_server_facts(conn)
+                finally:
+                    conn.close()
+            except Exception as exc:
+                message = classify(exc, url, self.settings.server_id, "start-up")
+                if message is not None:
+                    raise ReplicaError(message) from exc
+                log.warning("cannot read the state of %s: %s; retrying", url.redacted(), exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            delay = min(delay * 2, 10.0)
+        return None
 
     async def run(self) -> None:
         """Serve until stop() or a fatal source error."""
-        await self.start()
-        tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stopping.wait())]
-        if self.replica is not None:
-            tasks.append(asyncio.ensure_future(self._pump(self.replica)))
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await self.start()
+            tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stopping.wait())]
+            if self.replica is not None:
+                self._pump_task = asyncio.ensure_future(self._pump(self.replica))
+                tasks.append(self._pump_task)
+            if self.checkpoints is not None:
+                self.checkpoints.start()
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                tasks[0].cancel()
             for task in done:
                 task.result()  # re-raise a fatal source error
         finally:
-            for task in tasks:
-                task.cancel()
             await self.close()
 
     async def _pump(self, replica: Replica) -> None:
+        hub = self.hub
+        writer = self.checkpoints
+        index = self.marks
+        mark_every = self.settings.mark_every
         async for txn in replica.transactions():
-            await publish_transaction(self.hub, txn)
+            if hub.next_id < self.live_from:
+                await publish_transaction(hub, txn, live=False)
+                self._check_refill(txn.position)
+                continue  # checkpoint and marks of this stretch are on disk already
+            await publish_transaction(hub, txn)
+            # every event of txn has its id now: the pair may be recorded
+            if writer is not None:
+                writer.advance(hub.next_id, txn.position)
+            if index is not None and hub.next_id - self._last_mark >= mark_every:
+                index.append(Mark(hub.next_id, txn.position))
+                self._last_mark = hub.next_id
+
+    def _check_refill(self, position: Position) -> None:
+        """After a refill transaction: live from the checkpoint on; ids must line up with it."""
+        next_id = self.hub.next_id
+        if next_id < self.live_from:
+            return
+        if next_id > self.live_from:
+            raise StateError(
+                f"re-reading the binlog at start-up gave ids that do not line up with the "
+                f"checkpoint in {self.settings.state_dir}: id {self.live_from} fell inside the "
+                f"transaction ending at {position}. The binlog, or the events tidings makes of "
+                "it (a new version?), changed since the checkpoint was written, so ids no "
+                "longer mean what they did. Restart with --new-epoch (resuming clients get a "
+                "gap and reload their state)"
+            )
+        log.info("history refilled up to id %d; live from here", next_id - 1)
+        self.live.set()
 
     def stop(self) -> None:
         self._stopping.set()
 
     async def close(self) -> None:
-        """Stop reading the binlog, then close every client after what is queued for it."""
+        """Stop reading the binlog, write the last checkpoint, close every client.
+
+        The pump finishes the transaction it is publishing (the replica's stream
+        ends once closed), so the final checkpoint is the last transaction's end.
+        """
         if self.replica is not None:
             await self.replica.close()
+        pump, self._pump_task = self._pump_task, None
+        if pump is not None and not pump.done():
+            try:
+                await asyncio.wait_for(pump, 10.0)
+            except TimeoutError:
+                log.warning("the last transaction did not finish publishing within 10s")
+            except Exception:
+                log.exception("the binlog pump failed while stopping")
+        if self.checkpoints is not None:
+            writer, self.checkpoints = self.checkpoints, None
+            if await writer.close() and writer.last_written is not None:
+                cp = writer.last_written
+                log.info("checkpoint: epoch %d, next id %d at %s", cp.epoch, cp.next_id,
+                         cp.position)  # fmt: skip
+        if self.marks is not None:
+            self.marks.close()
+        if self.state is not None:
+            self.state.close()
         if self._schema is not None:
             await self._schema.close()
         if self.resp is not None:
