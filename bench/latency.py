@@ -1,0 +1,392 @@
+"""Latency: commit (or publish) to subscriber receipt, tidings beside Redis and PostgreSQL.
+
+- tidings: a writer process commits single-row transactions (autocommit INSERT) into a
+  private MariaDB at a fixed rate; the row carries `T=<time.time_ns()>` taken just before
+  the statement is sent; tidings reads the binlog and pushes the row event to every
+  subscriber of `bench.ticks`. So the figure includes the INSERT, the commit, the binlog
+  write, tidings' decode and fan-out, and the subscriber's read.
+- redis-server: the writer PUBLISHes a 200-byte payload starting with the same stamp, at
+  the same rate, to the same number of subscribers (no database in its path).
+- PostgreSQL: the writer runs `SELECT pg_notify('ticks', payload)` (autocommit, asyncpg);
+  listeners are raw protocol connections that sent LISTEN. One backend process each.
+
+Every subscriber of every system is a connection of the same `loadgen.Fleet` (raw
+sockets, epoll, several processes): each message yields one sample per connection,
+receipt `time.time_ns()` minus the stamp (one machine, one clock). Scenarios are
+SUBSCRIBERS@RATE (commits per second) for --seconds each.
+
+    .venv/bin/python bench/latency.py [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from harness import (
+    Postgres,
+    Redis,
+    Tidings,
+    cpu_seconds,
+    log,
+    machine,
+    percentile,
+    raise_nofile,
+    resp_command,
+    tree_cpu,
+    tree_cpu_delta,
+)
+from harness import table as md_table
+from loadgen import Expect, Fleet, Hello, _ctx, merge, pg_listen, resp_subscribe, samples
+
+from tidings.sandbox import PrivateMariaDB
+
+PAYLOAD = 200
+MYSQL_PAD = 100  # the row's filler; the event JSON around it adds about 150 bytes
+
+
+def stamped(size: int) -> bytes:
+    head = b"T=%d " % time.time_ns()
+    return head + b"x" * max(0, size - len(head))
+
+
+# -- writers: one process each, paced by the wall clock ---------------------------------------
+@dataclass(slots=True)
+class WriterReport:
+    sent: int = 0
+    cpu: float = 0.0
+    late: int = 0  # sends that started more than one interval behind schedule
+    seconds: float = 0.0  # from the first send to the last reply
+
+
+def _writer(ctrl: Connection, kind: str, port: int, rate: float, count: int) -> None:
+    report = WriterReport()
+    interval = 1.0 / rate
+
+    def paced(send_one: Callable[[], None]) -> None:
+        t_cpu = time.process_time()
+        t0 = last = time.monotonic()
+        for i in range(count):
+            due = t0 + i * interval
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # a load generator keeping a rate, not a test waiting
+            elif -delay > interval:
+                report.late += 1
+            last = time.monotonic()
+            send_one()
+            report.sent += 1
+        report.cpu = time.process_time() - t_cpu
+        report.seconds = last - t0  # n sends span n - 1 intervals
+
+    if kind == "redis":
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def publish() -> None:
+            sock.sendall(resp_command(b"PUBLISH", b"ticks", stamped(PAYLOAD)))
+            reply = sock.recv(64)
+            if not reply.startswith(b":"):
+                raise RuntimeError(f"PUBLISH replied {reply!r}")
+
+        ctrl.send("ready")
+        ctrl.recv()
+        paced(publish)
+        sock.close()
+    elif kind == "mysql":
+        import pymysql  # type: ignore[import-untyped]
+
+        conn = pymysql.connect(host="127.0.0.1", port=port, user="root", database="bench")
+        conn.autocommit(True)
+        cur = conn.cursor()
+        pad = "p" * MYSQL_PAD
+
+        def insert() -> None:
+            stamp = f"T={time.time_ns()}"
+            cur.execute("INSERT INTO ticks (stamp, pad) VALUES (%s, %s)", (stamp, pad))
+
+        ctrl.send("ready")
+        ctrl.recv()
+        paced(insert)
+        conn.close()
+    elif kind == "postgres":
+        import asyncpg  # type: ignore[import-untyped]
+
+        loop = asyncio.new_event_loop()
+        pg = loop.run_until_complete(
+            asyncpg.connect(host="127.0.0.1", port=port, user="postgres", database="postgres")
+        )
+
+        def notify() -> None:
+            payload = stamped(PAYLOAD).decode()
+            loop.run_until_complete(pg.execute("SELECT pg_notify('ticks', $1)", payload))
+
+        ctrl.send("ready")
+        ctrl.recv()
+        paced(notify)
+        loop.run_until_complete(pg.close())
+        loop.close()
+    ctrl.send(report)
+
+
+class Writer:
+    def __init__(self, kind: str, port: int, rate: float, count: int) -> None:
+        self.conn, child = _ctx.Pipe()
+        self.proc = _ctx.Process(target=_writer, args=(child, kind, port, rate, count), daemon=True)
+        self.proc.start()
+        child.close()
+        if self.conn.recv() != "ready":
+            raise RuntimeError("writer failed")
+
+    def run(self) -> WriterReport:
+        self.conn.send("go")
+        report: WriterReport = self.conn.recv()
+        self.proc.join(10)
+        return report
+
+
+# -- one scenario -------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Result:
+    system: str
+    subscribers: int
+    rate: float
+    achieved: float
+    received: int
+    expected: int
+    p50: float
+    p99: float
+    p999: float
+    max: float
+    server_cpu: float
+    db_cpu: float
+    sub_cpu: float
+    writer_cpu: float
+    late: int
+    errors: list[str]
+
+
+def measure(
+    system: str,
+    server_pid: int,
+    db_pid: int | None,
+    writer_kind: str,
+    writer_port: int,
+    port: int,
+    hello: Hello,
+    subscribers: int,
+    rate: float,
+    seconds: float,
+    processes: int,
+) -> Result:
+    count = max(1, int(rate * seconds))
+    t0 = time.monotonic()
+    with Fleet("127.0.0.1", port, [hello] * subscribers, processes=processes) as fleet:
+        log(f"{system}: {subscribers} subscribers in {time.monotonic() - t0:.1f}s")
+        writer = Writer(writer_kind, writer_port, rate, count)
+        fleet.start("stamps")
+        server0 = tree_cpu(server_pid)
+        db0 = cpu_seconds(db_pid) if db_pid else 0.0
+        w = writer.run()
+        fleet.expect(Expect(w.sent))
+        reports = fleet.results()
+        server_cpu = tree_cpu_delta(server0, tree_cpu(server_pid))
+        db_cpu = cpu_seconds(db_pid) - db0 if db_pid else 0.0
+    total = merge(reports)
+    lat = samples(reports)
+    ms = 1e-6
+    return Result(
+        system=system,
+        subscribers=subscribers,
+        rate=rate,
+        achieved=(w.sent - 1) / w.seconds if w.seconds else 0.0,
+        received=total.messages,
+        expected=w.sent * subscribers,
+        p50=percentile(lat, 50) * ms,
+        p99=percentile(lat, 99) * ms,
+        p999=percentile(lat, 99.9) * ms,
+        max=(lat[-1] * ms) if lat else float("nan"),
+        server_cpu=server_cpu,
+        db_cpu=db_cpu,
+        sub_cpu=total.cpu,
+        writer_cpu=w.cpu,
+        late=w.late,
+        errors=total.errors,
+    )
+
+
+def scenarios(text: str) -> list[tuple[int, float]]:
+    out = []
+    for item in text.split(","):
+        if item:
+            subs, rate = item.split("@")
+            out.append((int(subs), float(rate)))
+    return out
+
+
+def wait_pipeline(port: int, db: PrivateMariaDB, timeout: float = 60.0) -> None:
+    """Return once a row committed in MariaDB reaches a tidings subscriber (replica is live)."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(resp_command(b"SUBSCRIBE", b"bench.ticks"))
+        got = b""
+        while b":1\r\n" not in got:
+            got += s.recv(4096)
+        s.settimeout(1.0)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            db.sql("INSERT INTO ticks (stamp, pad) VALUES ('W=warmup', '')", "bench")
+            try:
+                while b"W=warmup" not in got:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        raise ConnectionError("tidings closed the warm-up subscriber")
+                    got += chunk
+                return
+            except TimeoutError:
+                continue
+    raise TimeoutError("no row event reached tidings' subscriber")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="per scenario")
+    parser.add_argument("--processes", type=int, default=4, help="subscriber processes")
+    parser.add_argument("--scenarios", default="1000@100,10000@10,100@100")
+    parser.add_argument("--pg-scenarios", default="100@100,1000@100")
+    parser.add_argument("--systems", default="tidings,redis,postgres")
+    args = parser.parse_args()
+    raise_nofile()
+    systems = args.systems.split(",")
+    results: list[Result] = []
+    versions: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        if "tidings" in systems:
+            with PrivateMariaDB(base / "mariadb") as db:
+                db.sql("CREATE DATABASE bench")
+                db.sql(
+                    "CREATE TABLE ticks (id BIGINT AUTO_INCREMENT PRIMARY KEY,"
+                    " stamp VARCHAR(32) NOT NULL, pad VARCHAR(255) NOT NULL)",
+                    "bench",
+                )
+                assert db.process is not None
+                with Tidings(base, mysql=db.url()) as server:
+                    wait_pipeline(server.port, db)
+                    for subs, rate in scenarios(args.scenarios):
+                        results.append(
+                            measure(
+                                "tidings (MariaDB commit)",
+                                server.pid,
+                                db.process.pid,
+                                "mysql",
+                                db.port,
+                                server.port,
+                                resp_subscribe(b"bench.ticks"),
+                                subs,
+                                rate,
+                                args.seconds,
+                                args.processes,
+                            )
+                        )
+                        log(str(results[-1]))
+        if "redis" in systems:
+            redis = Redis(base / "redis")
+            with redis:
+                versions["redis"] = redis.version()
+                for subs, rate in scenarios(args.scenarios):
+                    results.append(
+                        measure(
+                            "redis-server (PUBLISH)",
+                            redis.pid,
+                            None,
+                            "redis",
+                            redis.port,
+                            redis.port,
+                            resp_subscribe(b"ticks"),
+                            subs,
+                            rate,
+                            args.seconds,
+                            args.processes,
+                        )
+                    )
+                    log(str(results[-1]))
+        if "postgres" in systems:
+            pg = Postgres()
+            with pg:
+                versions["postgres"] = pg.version()
+                for subs, rate in scenarios(args.pg_scenarios):
+                    results.append(
+                        measure(
+                            "PostgreSQL (NOTIFY commit)",
+                            pg.pid,
+                            None,
+                            "postgres",
+                            pg.port,
+                            pg.port,
+                            pg_listen("ticks"),
+                            subs,
+                            rate,
+                            args.seconds,
+                            args.processes,
+                        )
+                    )
+                    log(str(results[-1]))
+
+    redis_p99 = {(r.subscribers, r.rate): r.p99 for r in results if r.system.startswith("redis")}
+    rows = []
+    for r in results:
+        anchor = redis_p99.get((r.subscribers, r.rate))
+        rows.append(
+            [
+                r.system,
+                r.subscribers,
+                r.rate,
+                r.achieved,
+                "yes" if r.received == r.expected else f"{r.received:,}/{r.expected:,}",
+                r.p50,
+                r.p99,
+                r.p999,
+                r.max,
+                f"{r.p99 / anchor:.2f}x" if anchor else "-",
+                r.server_cpu,
+                r.db_cpu,
+                r.sub_cpu,
+                r.writer_cpu,
+            ]
+        )
+    print(
+        f"\n{machine()}; {args.seconds:g} s per scenario; redis-server "
+        f"{versions.get('redis', '-')}; PostgreSQL {versions.get('postgres', '-')}"
+    )
+    print(
+        md_table(
+            [
+                "system",
+                "subscribers",
+                "commits/s",
+                "achieved/s",
+                "all received",
+                "p50 ms",
+                "p99 ms",
+                "p99.9 ms",
+                "max ms",
+                "p99 vs redis",
+                "server CPU s",
+                "MariaDB CPU s",
+                "subscribers CPU s",
+                "writer CPU s",
+            ],
+            rows,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
