@@ -161,6 +161,7 @@ async def install(url: MySQLURL, schema: str = "tidings", *, timeout: float = 10
     conn = await _connect(url, timeout)
     try:
         async with conn.cursor() as cur:
+            await cur.execute("SET SESSION sql_notes = 0")  # no 'already exists' notes
             for statement in tables:
                 await cur.execute(statement)
             await cur.execute(
