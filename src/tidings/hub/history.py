@@ -1,0 +1,277 @@
+"""The hub's bounded in-memory history: recent events, by id and by channel.
+
+Theory of operation. Every event the hub publishes is appended here, in id
+order, to one global log and to its channel's log. Limits apply overall and per
+channel, by count and by bytes; past a limit the oldest event goes (of the
+channel, or overall). Eviction from a channel always takes that channel's
+oldest event, and so does overall eviction (the oldest event overall is the
+oldest of its channel): what a channel has lost is always a prefix of it, and
+one number per channel, `evicted_upto`, says exactly which of its ids are
+gone. A resume from `since` on channel C has a gap exactly when
+`since < evicted_upto(C)`.
+
+An event evicted from its channel stays in the global log as a dead entry
+(recognised by `id <= evicted_upto` of its channel) until overall eviction
+reaches it or the log is compacted (when dead entries outnumber live ones):
+amortised O(1) per event. Both logs are lists with a head index, so a resume
+finds its place by bisecting ids.
+
+Ids below the first event this history ever held are unknown (`start`), as are
+the ids of channels whose log was forgotten: channels that have no event left
+are remembered (with their `evicted_upto`) up to `MAX_EMPTY`, after which the
+oldest are forgotten and `forgotten_upto` rises to cover them. A channel with no
+log answers with `forgotten_upto`: a resume may then get a gap it did not
+strictly need, never a silent skip.
+
+Memory. `size` counts, per event, its body twice (the body and one encoded
+wire frame, the common case) plus the channel name and `EVENT_OVERHEAD` for
+the objects around them. Stored events drop their decoded `record` (a dict
+costs several times its JSON); a filter replaying history re-reads the body.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from tidings.event import Event
+
+__all__ = ["EVENT_OVERHEAD", "MAX_EMPTY", "ChannelLog", "History", "HistoryLimits", "event_size"]
+
+#: bytes per stored event besides body and frame: Event, frames dict, list slots (measured)
+EVENT_OVERHEAD = 256
+#: channel logs with no event left that are still remembered (see the module docstring)
+MAX_EMPTY = 65_536
+
+
+def event_size(event: Event) -> int:
+    """What one stored event counts against the byte limits."""
+    return 2 * len(event.body) + len(event.channel) + EVENT_OVERHEAD
+
+
+def _id(event: Event) -> int:
+    return event.id
+
+
+#: default limits: overall events and bytes, per channel events and bytes
+DEFAULT_EVENTS = 100_000
+DEFAULT_BYTES = 64 << 20
+DEFAULT_CHANNEL_EVENTS = 10_000
+DEFAULT_CHANNEL_BYTES = 8 << 20
+
+
+@dataclass(slots=True, frozen=True)
+class HistoryLimits:
+    """How much history the hub keeps; 0 in any field keeps none."""
+
+    events: int = DEFAULT_EVENTS
+    bytes: int = DEFAULT_BYTES
+    channel_events: int = DEFAULT_CHANNEL_EVENTS
+    channel_bytes: int = DEFAULT_CHANNEL_BYTES
+
+    def __post_init__(self) -> None:
+        for name in ("events", "bytes", "channel_events", "channel_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"history limit {name} must be >= 0")
+
+    @property
+    def disabled(self) -> bool:
+        return not (self.events and self.bytes and self.channel_events and self.channel_bytes)
+
+
+class ChannelLog:
+    """One channel's retained events (a list with a head index) and what it has lost."""
+
+    __slots__ = ("events", "evicted_upto", "head", "size")
+
+    def __init__(self, evicted_upto: int) -> None:
+        self.events: list[Event] = []
+        self.head = 0
+        self.size = 0
+        #: every id of this channel up to here is gone (or unknown)
+        self.evicted_upto = evicted_upto
+
+    @property
+    def count(self) -> int:
+        return len(self.events) - self.head
+
+    def index_after(self, after: int) -> int:
+        """Index in `events` of the first retained event with id > `after`."""
+        return bisect.bisect_right(self.events, after, lo=self.head, key=_id)
+
+    def first_after(self, after: int) -> int | None:
+        i = self.index_after(after)
+        return self.events[i].id if i < len(self.events) else None
+
+
+class History:
+    """See the module docstring."""
+
+    __slots__ = (
+        "_dead",
+        "_empty",
+        "_head",
+        "_log",
+        "channels",
+        "count",
+        "evicted_max",
+        "forgotten_upto",
+        "last_id",
+        "limits",
+        "max_empty",
+        "size",
+        "start",
+    )
+
+    def __init__(self, limits: HistoryLimits | None = None, *, max_empty: int = MAX_EMPTY) -> None:
+        self.limits = limits or HistoryLimits()
+        self._log: list[Event] = []
+        self._head = 0
+        self._dead = 0  # entries in _log[_head:] already evicted from their channel
+        self.channels: dict[str, ChannelLog] = {}
+        self._empty: dict[str, None] = {}  # channels whose log is empty, oldest first
+        self.max_empty = max_empty
+        #: retained events and their accounted bytes
+        self.count = 0
+        self.size = 0
+        #: the first id ever appended (ids below it are unknown); None until then
+        self.start: int | None = None
+        #: the last id appended
+        self.last_id = 0
+        #: highest id evicted from any channel (a quick "no gap anywhere above" test)
+        self.evicted_max = 0
+        #: highest id evicted from a channel whose log has since been forgotten
+        self.forgotten_upto = 0
+
+    # -- appending and evicting ------------------------------------------------------------
+    def append(self, event: Event) -> None:
+        """Retain `event` (ids must increase); evict what the limits no longer allow."""
+        event.record = None  # see "Memory" in the module docstring
+        if self.start is None:
+            self.start = event.id
+        self.last_id = event.id
+        limits = self.limits
+        if limits.disabled:  # nothing is kept: every id is gone as soon as it is published
+            self.evicted_max = self.forgotten_upto = event.id
+            return
+        size = event_size(event)
+        channel = event.channel
+        log = self.channels.get(channel)
+        if log is None:
+            log = self.channels[channel] = ChannelLog(self.forgotten_upto)
+        elif not log.count:
+            self._empty.pop(channel, None)
+        log.events.append(event)
+        log.size += size
+        self._log.append(event)
+        self.count += 1
+        self.size += size
+        # the newest event stays whatever its size, so every event is seen by a replay
+        while (log.count > limits.channel_events or log.size > limits.channel_bytes) and (
+            log.count > 1
+        ):
+            self._evict(channel, log)
+            self._dead += 1
+        while (self.count > limits.events or self.size > limits.bytes) and self.count > 1:
+            self._evict_oldest()
+        if self._dead > 1024 and self._dead > self.count:
+            self._compact()
+
+    def _evict(self, channel: str, log: ChannelLog) -> None:
+        """Evict the oldest event of `channel` (from its log; the global entry goes dead)."""
+        event = log.events[log.head]
+        log.head += 1
+        size = event_size(event)
+        log.size -= size
+        self.count -= 1
+        self.size -= size
+        log.evicted_upto = event.id
+        if event.id > self.evicted_max:
+            self.evicted_max = event.id
+        if log.head > 64 and log.head * 2 > len(log.events):
+            del log.events[: log.head]
+            log.head = 0
+        if not log.count:
+            self._empty[channel] = None
+            if len(self._empty) > self.max_empty:
+                self._forget_oldest_empty()
+
+    def _forget_oldest_empty(self) -> None:
+        channel = next(iter(self._empty))
+        del self._empty[channel]
+        log = self.channels.pop(channel)
+        if log.evicted_upto > self.forgotten_upto:
+            self.forgotten_upto = log.evicted_upto
+
+    def _evict_oldest(self) -> None:
+        events = self._log
+        while True:
+            event = events[self._head]
+            self._head += 1
+            log = self.channels.get(event.channel)
+            if log is None or event.id <= log.evicted_upto:
+                self._dead -= 1  # already evicted from its channel
+                continue
+            self._evict(event.channel, log)
+            break
+        if self._head > 4096 and self._head * 2 > len(events):
+            del events[: self._head]
+            self._head = 0
+
+    def _compact(self) -> None:
+        self._log = [event for event in self._log[self._head :] if self._alive(event)]
+        self._head = 0
+        self._dead = 0
+
+    def _alive(self, event: Event) -> bool:
+        log = self.channels.get(event.channel)
+        return log is not None and event.id > log.evicted_upto
+
+    # -- reading -----------------------------------------------------------------------------
+    def unknown_upto(self, next_id: int) -> int:
+        """Every id up to here predates this history (and is unknown on every channel)."""
+        return (next_id if self.start is None else self.start) - 1
+
+    def gap_floor(self, next_id: int) -> int:
+        """No channel has lost an id above this: a resume from here or later has no gap."""
+        return max(self.unknown_upto(next_id), self.evicted_max, self.forgotten_upto)
+
+    def lost_upto(self, channel: str, next_id: int) -> int:
+        """Every id of `channel` up to here is gone (evicted, forgotten or unknown)."""
+        log = self.channels.get(channel)
+        lost = self.forgotten_upto if log is None else log.evicted_upto
+        return max(lost, self.unknown_upto(next_id))
+
+    def after(self, after: int) -> Iterator[Event]:
+        """Retained events with id > `after`, in order (all channels). Do not append meanwhile."""
+        events = self._log
+        start = bisect.bisect_right(events, after, lo=self._head, key=_id)
+        channels = self.channels
+        for i in range(start, len(events)):
+            event = events[i]
+            log = channels.get(event.channel)
+            if log is not None and event.id > log.evicted_upto:
+                yield event
+
+    def channel_after(self, channel: str, after: int) -> Iterator[Event]:
+        """Retained events of `channel` with id > `after`, in order."""
+        log = self.channels.get(channel)
+        if log is None:
+            return iter(())
+        events = log.events
+        return map(events.__getitem__, range(log.index_after(after), len(events)))
+
+    def first_after(self, channel: str, after: int) -> int | None:
+        """Id of the first retained event of `channel` above `after`, if any."""
+        log = self.channels.get(channel)
+        return None if log is None else log.first_after(after)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __repr__(self) -> str:
+        return (
+            f"<History {self.count} events, {self.size} bytes, {len(self.channels)} channels, "
+            f"start={self.start} last={self.last_id}>"
+        )

@@ -1,0 +1,215 @@
+"""Resume: one subscriber catches up from an id through history, then goes live.
+
+Theory of operation. `Hub.resume(sub, since, channels=..., patterns=...)` makes
+a `Replay`: a cursor into the hub's history for one subscriber and a set of
+targets (exact channels and glob patterns). It is sans-I/O and used by every
+wire protocol the same way: the connection calls `pump(budget)` whenever its
+output has room, and each call delivers, through the subscriber's ordinary
+`deliver`, retained events with ids above the cursor, in id order, until about
+`budget` bytes went out. Meanwhile the subscriber is *not* registered with the
+hub for those targets: events published during the replay are appended to
+history and reach it through the same cursor. When a pump finds nothing left
+above the cursor, it registers the subscriber for live delivery and reports
+done. The loop is single-threaded, so that switch happens between two events:
+no gap, no duplicate at the seam.
+
+Gaps. Before walking, each pump checks whether a target has lost ids above
+what its client already has (`History.lost_upto`): evicted while the client
+was away, or evicted during a slow replay, or older than this history. Then
+the client gets one `gap` message for that target,
+`{"type":"gap","channel":T,"since":S,"oldest":O,"epoch":E}`, on the target's
+own name (the pattern, for a pattern), and the cursor skips to what is left:
+events from O on follow. The quick test `position >= History.gap_floor()`
+makes this free in the common case.
+
+Seam for older ids. Serving ids older than memory by re-reading the binlog
+plugs in at `_gaps`: instead of a gap for the range (since, lost], a binlog
+reader would replay that range first, paced the same way.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Final
+
+import orjson
+
+from tidings.event import Event
+from tidings.hub.history import History
+from tidings.hub.patterns import GlobPattern
+
+if TYPE_CHECKING:
+    from tidings.hub.hub import Hub, Subscriber
+
+__all__ = ["FRAME_OVERHEAD", "Replay", "ResumeError"]
+
+#: bytes a message frame adds around body and channel (for budgeting, roughly)
+FRAME_OVERHEAD: Final = 40
+#: more exact channels than this are walked through the global log instead of merged
+_MERGE_MAX: Final = 8
+
+
+class ResumeError(ValueError):
+    """A resume request that cannot be served (e.g. an id ahead of the stream)."""
+
+
+def check_since(since: int, next_id: int) -> None:
+    if since < 0:
+        raise ResumeError(f"since-id must be >= 0, not {since}")
+    if since >= next_id:
+        raise ResumeError(
+            f"since-id {since} is ahead of the stream: the last event id is {next_id - 1}"
+        )
+
+
+def gap_body(target: str, since: int, oldest: int, epoch: int) -> bytes:
+    return orjson.dumps(
+        {"type": "gap", "channel": target, "since": since, "oldest": oldest, "epoch": epoch}
+    )
+
+
+def _id(event: Event) -> int:
+    return event.id
+
+
+class Replay:
+    """One subscriber's replay of some targets; see the module docstring."""
+
+    __slots__ = ("_globs", "_matching", "channels", "hub", "patterns", "position", "state", "sub")
+
+    def __init__(
+        self,
+        hub: Hub,
+        sub: Subscriber,
+        since: int,
+        channels: Iterable[str] = (),
+        patterns: Iterable[str] = (),
+    ) -> None:
+        check_since(since, hub.next_id)
+        self.hub = hub
+        self.sub = sub
+        #: the last id the walk has consumed
+        self.position = since
+        #: target -> ids up to here are not (or no longer) to be sent on it
+        self.channels: dict[str, int] = dict.fromkeys(channels, since)
+        self.patterns: dict[str, int] = dict.fromkeys(patterns, since)
+        self._globs = {p: GlobPattern(p) for p in self.patterns}
+        self._matching: dict[str, tuple[str, ...]] = {}  # channel -> patterns it matches
+        #: "replay" until caught up, then "live"; "cancelled" if dropped first
+        self.state = "replay"
+
+    def __repr__(self) -> str:
+        targets = [*self.channels, *self.patterns]
+        return f"<Replay {self.state} at {self.position} of {targets}>"
+
+    @property
+    def done(self) -> bool:
+        return self.state != "replay"
+
+    # -- the caller's side -----------------------------------------------------------------
+    def pump(self, budget: int) -> bool:
+        """Deliver up to about `budget` bytes of history; go live when caught up.
+
+        Returns True once the subscriber is live (or the replay was cancelled).
+        """
+        if self.state != "replay":
+            return True
+        hub = self.hub
+        history = hub.history
+        if self.position < history.gap_floor(hub.next_id):
+            self._gaps(history, hub.next_id)
+        sent = 0
+        sub = self.sub
+        channels = self.channels
+        for event in self._source(history):
+            name = event.channel
+            skip = channels.get(name)
+            if skip is not None and event.id > skip:
+                sub.deliver(event, None)
+                sent += len(event.body) + len(name) + FRAME_OVERHEAD
+            if self.patterns:
+                for pattern in self._patterns_for(name):
+                    skip = self.patterns.get(pattern)
+                    if skip is not None and event.id > skip:
+                        sub.deliver(event, pattern)
+                        sent += len(event.body) + len(name) + len(pattern) + FRAME_OVERHEAD
+            self.position = event.id
+            if self.state != "replay":  # delivery cut the connection, which cancelled us
+                return True
+            if sent >= budget:
+                return False
+        self._go_live()
+        return True
+
+    def discard(self, name: str, *, pattern: bool = False) -> None:
+        """Stop replaying target `name` (the client unsubscribed from it)."""
+        if pattern:
+            self.patterns.pop(name, None)
+            self._globs.pop(name, None)
+            self._matching.clear()
+        else:
+            self.channels.pop(name, None)
+        if not self.channels and not self.patterns and self.state == "replay":
+            self.state = "cancelled"
+
+    def cancel(self) -> None:
+        """Drop the replay (the connection is gone); a live subscription is not undone."""
+        if self.state == "replay":
+            self.state = "cancelled"
+
+    # -- internals ---------------------------------------------------------------------------
+    def _source(self, history: History) -> Iterator[Event]:
+        after = self.position
+        if self.patterns or len(self.channels) > _MERGE_MAX:
+            return history.after(after)
+        if len(self.channels) == 1:
+            return history.channel_after(next(iter(self.channels)), after)
+        return heapq.merge(*(history.channel_after(c, after) for c in self.channels), key=_id)
+
+    def _patterns_for(self, channel: str) -> tuple[str, ...]:
+        found = self._matching.get(channel)
+        if found is None:
+            if len(self._matching) > 65536:
+                self._matching.clear()
+            found = tuple(p for p, glob in self._globs.items() if glob.matches(channel))
+            self._matching[channel] = found
+        return found
+
+    def _gaps(self, history: History, next_id: int) -> None:
+        epoch = self.hub.epoch
+        for name, skip in self.channels.items():
+            have = max(skip, self.position)
+            lost = history.lost_upto(name, next_id)
+            if lost > have:
+                oldest = history.first_after(name, lost)
+                self._gap(name, None, have, next_id if oldest is None else oldest, epoch)
+                self.channels[name] = lost
+        if not self.patterns:
+            return
+        floor = max(history.unknown_upto(next_id), history.forgotten_upto)
+        for name, skip in self.patterns.items():
+            have = max(skip, self.position)
+            glob = self._globs[name]
+            lost = floor
+            matching = []
+            for channel, log in history.channels.items():
+                if glob.matches(channel):
+                    matching.append(log)
+                    lost = max(lost, log.evicted_upto)
+            if lost > have:
+                firsts = [f for log in matching if (f := log.first_after(lost)) is not None]
+                self._gap(name, name, have, min(firsts, default=next_id), epoch)
+                self.patterns[name] = lost
+
+    def _gap(self, name: str, pattern: str | None, since: int, oldest: int, epoch: int) -> None:
+        body = gap_body(name, since, oldest, epoch)
+        self.sub.deliver(Event(oldest - 1, name, body), pattern)
+
+    def _go_live(self) -> None:
+        hub, sub = self.hub, self.sub
+        for channel in self.channels:
+            hub.subscribe(sub, channel)
+        for pattern in self.patterns:
+            hub.psubscribe(sub, pattern)
+        self.state = "live"
