@@ -74,22 +74,15 @@ class Daemon:
         self._pump_task: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
+        """Decide the ids and where to read; the listeners open in `listen()`."""
         s = self.settings
-        capacity = raise_fd_limit()
         if s.resp:
-            host, port = parse_hostport(s.resp)
             self.resp = RespService(
                 self.hub,
                 RespSettings(
                     allow_publish=s.allow_publish, max_bulk=s.max_bulk, output_limit=s.output_limit
                 ),
             )
-            server = await self.resp.start(host, port)
-            self.resp_address = server.sockets[0].getsockname()[:2]
-            log.info("RESP (Redis pub/sub protocol) on %s:%d", *self.resp_address)
-        log.info(
-            "descriptor limit %d: room for about %d client connections", capacity, capacity - 50
-        )
         if not s.mysql:
             self._new_epoch_in_memory()
             if s.state_dir:
@@ -117,6 +110,19 @@ class Daemon:
             names_from_binlog=not s.names_from_schema,
         )
         log.info("reading the binlog of %s as replica server_id=%d", url.redacted(), s.server_id)
+
+    async def listen(self) -> None:
+        """Open the client listeners (once the ids are settled: see `run`)."""
+        s = self.settings
+        capacity = raise_fd_limit()
+        if self.resp is not None:
+            host, port = parse_hostport(s.resp)
+            server = await self.resp.start(host, port)
+            self.resp_address = server.sockets[0].getsockname()[:2]
+            log.info("RESP (Redis pub/sub protocol) on %s:%d", *self.resp_address)
+        log.info(
+            "descriptor limit %d: room for about %d client connections", capacity, capacity - 50
+        )
 
     def _new_epoch_in_memory(self) -> None:
         """No state: every start is a new epoch, ids from the clock (see delivery.md)."""
@@ -194,21 +200,35 @@ class Daemon:
 
     async def run(self) -> None:
         """Serve until stop() or a fatal source error."""
+        tasks: list[asyncio.Future[Any]] = []
         try:
             await self.start()
-            tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stopping.wait())]
+            if self.live.is_set():
+                await self.listen()
+            tasks.append(asyncio.ensure_future(self._stopping.wait()))
             if self.replica is not None:
                 self._pump_task = asyncio.ensure_future(self._pump(self.replica))
                 tasks.append(self._pump_task)
             if self.checkpoints is not None:
                 self.checkpoints.start()
-            try:
+            if not self.live.is_set():
+                # Refilling history at start-up: clients are let in once it is done, so a
+                # resume never sees the stream behind ids it already had (they retry a
+                # refused connection as they do while the daemon is down)
+                tasks.append(asyncio.ensure_future(self.live.wait()))
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                tasks[0].cancel()
+                tasks.pop().cancel()
+                for task in done:
+                    task.result()  # a fatal source error
+                if not self.live.is_set():
+                    return  # stopped
+                await self.listen()
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # re-raise a fatal source error
         finally:
+            if tasks:
+                tasks[0].cancel()
             await self.close()
 
     async def _pump(self, replica: Replica) -> None:
