@@ -91,8 +91,18 @@ class Settings:
     )
     history_events: int = _opt(
         100_000,
-        "events re-read from the binlog at start-up to refill history (with --state-dir)",
+        "events kept in memory for clients resuming from an id (0: no history); with "
+        "--state-dir, about this many are re-read from the binlog at start-up to refill it",
         metavar="N",
+    )
+    history_bytes: int = _opt(
+        64 << 20, "memory for history at most (bytes; k/M/G suffix ok)", kind="size"
+    )
+    history_channel_events: int = _opt(
+        10_000, "events of one channel kept in history at most", metavar="N"
+    )
+    history_channel_bytes: int = _opt(
+        8 << 20, "memory for one channel's history at most (bytes; k/M suffix ok)", kind="size"
     )
     log_level: str = _opt("info", "debug, info, warning or error", metavar="LEVEL")
 
@@ -107,8 +117,12 @@ class Settings:
             raise ConfigError("heartbeat must be > 0 seconds")
         if self.checkpoint_interval < 0:
             raise ConfigError("checkpoint_interval must be >= 0 seconds")
-        if self.mark_every < 1 or self.history_events < 0:
-            raise ConfigError("mark_every must be >= 1 and history_events >= 0")
+        if self.mark_every < 1:
+            raise ConfigError("mark_every must be >= 1")
+        for name in ("history_events", "history_bytes", "history_channel_events",
+                     "history_channel_bytes"):  # fmt: skip
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(
                 f"log_level must be debug, info, warning or error: {self.log_level!r}"

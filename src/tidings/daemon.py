@@ -54,7 +54,14 @@ def raise_fd_limit() -> int:
 class Daemon:
     def __init__(self, settings: Settings, hub: Hub | None = None) -> None:
         self.settings = settings
-        self.hub = hub if hub is not None else Hub()
+        if hub is None:
+            hub = Hub(
+                history_events=settings.history_events,
+                history_bytes=settings.history_bytes,
+                history_channel_events=settings.history_channel_events,
+                history_channel_bytes=settings.history_channel_bytes,
+            )
+        self.hub = hub
         self.replica: Replica | None = None
         self.resp: RespService | None = None
         self.resp_address: tuple[str, int] | None = None
