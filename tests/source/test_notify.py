@@ -9,8 +9,6 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from tidings.event import Event
 from tidings.hub import Hub
@@ -27,8 +25,7 @@ from tidings.source.notify import (
     check_channel,
     check_schema_name,
     decode_row,
-    delete_where,
-    id_ranges,
+    delete_statement,
     install,
     install_statements,
     payload_value,
@@ -136,17 +133,11 @@ def test_payload_is_json_when_it_parses_else_text(payload: bytes, value: Any) ->
     assert payload_value(payload) == value
 
 
-@given(st.lists(st.integers(1, 10_000), max_size=200))
-def test_id_ranges_cover_exactly_the_ids(ids: list[int]) -> None:
-    runs = id_ranges(ids)
-    covered = {i for lo, hi in runs for i in range(lo, hi + 1)}
-    assert covered == set(ids)
-    assert all(a[1] + 1 < b[0] for a, b in itertools.pairwise(runs))  # maximal runs
-
-
-def test_delete_where_uses_ranges_and_an_in_list() -> None:
-    assert delete_where([5, 1, 2, 3, 9]) == "`id` BETWEEN 1 AND 3 OR `id` IN (5,9)"
-    assert delete_where([7]) == "`id` IN (7)"
+def test_delete_statement_looks_up_each_id_by_key() -> None:
+    assert delete_statement("`t`.`outbox`", [5, 1, 5]) == (
+        "DELETE o FROM (SELECT 0 AS id UNION ALL SELECT 1 UNION ALL SELECT 5) AS d "
+        "STRAIGHT_JOIN `t`.`outbox` AS o ON o.`id` = d.id"
+    )
 
 
 # -- from outbox rows to events ------------------------------------------------------------
