@@ -658,7 +658,8 @@ def _domain_sql(
     if data_type in _INT_TYPES or data_type == "bit" or data_type in ("double", "real"):
         if kind != "number":
             return "FALSE"  # int and float values only compare with numbers
-        expr = f"({col} + 0)" if data_type == "bit" else col
+        # BIT as a number; YEAR as one too (compared with YEAR, 1 would mean 2001)
+        expr = f"({col} + 0)" if data_type in ("bit", "year") else col
         cast = "DOUBLE" if data_type in ("double", "real") else "DECIMAL(65,30)"
         params.extend(v.param for v in vals)
         rhs = f"CAST(%s AS {cast})"
