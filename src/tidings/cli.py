@@ -1,4 +1,4 @@
-"""The `tidings` command: serve | tail | doctor | demo."""
+"""The `tidings` command: serve | tail | doctor | install-sql | demo."""
 
 from __future__ import annotations
 
@@ -97,6 +97,25 @@ def _parser() -> argparse.ArgumentParser:
         help="the server_id tidings will register with (checked for clashes)",
     )
 
+    install_sql = sub.add_parser(
+        "install-sql",
+        help="create the NOTIFY outbox table and procedure (transactional NOTIFY)",
+        description="Create (idempotently) a schema with an InnoDB outbox table and a procedure, "
+        "so applications and triggers can CALL tidings.notify('channel', 'payload') inside their "
+        "transactions; subscribers of `channel` receive it once the transaction commits.",
+    )
+    install_sql.add_argument(
+        "--mysql", required=True, metavar="URL", help="e.g. mysql://admin:secret@127.0.0.1:3306/"
+    )
+    install_sql.add_argument(
+        "--schema", default="tidings", help="schema to create it in (default: tidings)"
+    )
+    install_sql.add_argument(
+        "--print",
+        action="store_true",
+        help="print the SQL (a script for the mysql client) instead of running it",
+    )
+
     demo = sub.add_parser(
         "demo",
         help="run a self-contained demo (private MariaDB, writer, live subscriber)",
@@ -159,6 +178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     allow_names_from_schema=args.allow_names_from_schema,
                     replica_server_id=args.server_id,
                 )
+            )
+        if args.command == "install-sql":
+            from tidings.source.notify import install_main
+
+            return asyncio.run(
+                install_main(args.mysql, args.schema, sys.stdout, print_only=args.print)
             )
         if args.command == "demo":
             _setup_logging("warning")

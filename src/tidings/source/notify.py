@@ -43,12 +43,13 @@ import contextlib
 import logging
 import re
 import secrets
+import sys
 from binascii import Error as BinasciiError
 from binascii import a2b_base64
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 import asyncmy
 import orjson
@@ -575,3 +576,30 @@ class OutboxPurger:
     async def close(self) -> None:
         self._closed.set()
         await self._drop()
+
+
+# -- the install-sql command ------------------------------------------------------------------
+
+
+def install_script(schema: str = "tidings") -> str:
+    """The install SQL as a script for the mysql/mariadb client (replaces the procedure)."""
+    tables, drop, create = install_statements(schema)
+    return ";\n\n".join([*tables, drop]) + ";\n\nDELIMITER $$\n" + create + "$$\nDELIMITER ;\n"
+
+
+async def install_main(url_text: str, schema: str, out: TextIO, *, print_only: bool) -> int:
+    """`tidings install-sql`: 0 when installed (or printed), 1 on a server error."""
+    if print_only:
+        out.write(install_script(schema))
+        return 0
+    url = MySQLURL.parse(url_text)
+    try:
+        lines = await install(url, schema)
+    except InstallError as exc:
+        print(f"tidings: {exc}", file=sys.stderr)
+        return 1
+    except (asyncmy.errors.MySQLError, OSError) as exc:
+        print(f"tidings: cannot install on {url.redacted()}: {exc}", file=sys.stderr)
+        return 1
+    out.write("\n".join(lines) + "\n")
+    return 0
