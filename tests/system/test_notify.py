@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import itertools
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,7 +31,7 @@ from tidings.daemon import Daemon
 from tidings.event import Event
 from tidings.hub import Hub
 from tidings.publish import DEFAULT_OUTBOX, publish_transaction
-from tidings.sandbox import PrivateMariaDB
+from tidings.sandbox import PrivateMariaDB, free_port
 from tidings.source.notify import (
     Outbox,
     OutboxPublisher,
@@ -407,3 +409,37 @@ async def test_alter_mid_stream_with_ddl_events_keeps_rows_right(
         ("update", {"id": 3, "c": 8, "label": "zz"}),
     ]
     assert all(e["channel"] == f"{d}.t" for e in rec.events)
+
+
+# -- the install-sql command -----------------------------------------------------------------
+
+
+def test_install_sql_command_and_its_printed_script(installed: PrivateMariaDB) -> None:
+    db = installed
+    schema = f"cli{next(_names)}"
+    tidings = [sys.executable, "-m", "tidings.cli", "install-sql", "--mysql", db.url()]
+    done = subprocess.run(
+        [*tidings, "--schema", schema], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"procedure `{schema}`.`notify`: created" in done.stdout
+    assert f"CALL {schema}.notify('channel', 'payload');" in done.stdout
+    # the printed script, fed to the mariadb client, installs the same thing elsewhere
+    other = f"cli{next(_names)}"
+    script = subprocess.run(
+        [*tidings, "--schema", other, "--print"], capture_output=True, text=True, check=True
+    ).stdout
+    db.sql(script)
+    db.sql(f"CALL {other}.notify('c', 'from the script'); CALL {schema}.notify('c', 'x')")
+    assert db.sql(f"SELECT payload FROM {other}.outbox").strip() == "from the script"
+    # a server error is one line on stderr and exit status 1
+    bad = subprocess.run(
+        [*tidings, "--schema", "no way"], capture_output=True, text=True, check=False
+    )
+    assert bad.returncode == 2 and "schema name 'no way'" in bad.stderr
+    gone = subprocess.run(
+        [sys.executable, "-m", "tidings.cli", "install-sql", "--mysql",
+         f"mysql://root@127.0.0.1:{free_port()}/"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert gone.returncode == 1 and gone.stderr.startswith("tidings: cannot install on"), gone
