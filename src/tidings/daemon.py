@@ -79,6 +79,9 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._schema: SchemaLookup | None = None
         self._pump_task: asyncio.Future[None] | None = None
+        # set while the pump is between transactions (not in the middle of publishing one)
+        self._between = asyncio.Event()
+        self._between.set()
 
     async def start(self) -> None:
         """Decide the ids and where to read; the listeners open in `listen()`."""
@@ -243,18 +246,25 @@ class Daemon:
         writer = self.checkpoints
         index = self.marks
         mark_every = self.settings.mark_every
+        between = self._between
         async for txn in replica.transactions():
-            if hub.next_id < self.live_from:
-                await publish_transaction(hub, txn, live=False)
-                self._check_refill(txn.position)
-                continue  # checkpoint and marks of this stretch are on disk already
-            await publish_transaction(hub, txn)
-            # every event of txn has its id now: the pair may be recorded
-            if writer is not None:
-                writer.advance(hub.next_id, txn.position)
-            if index is not None and hub.next_id - self._last_mark >= mark_every:
-                index.append(Mark(hub.next_id, txn.position))
-                self._last_mark = hub.next_id
+            if self._stopping.is_set():
+                break  # the final checkpoint is taken at the last whole transaction
+            between.clear()
+            try:
+                if hub.next_id < self.live_from:
+                    await publish_transaction(hub, txn, live=False)
+                    self._check_refill(txn.position)
+                    continue  # checkpoint and marks of this stretch are on disk already
+                await publish_transaction(hub, txn)
+                # every event of txn has its id now: the pair may be recorded
+                if writer is not None:
+                    writer.advance(hub.next_id, txn.position)
+                if index is not None and hub.next_id - self._last_mark >= mark_every:
+                    index.append(Mark(hub.next_id, txn.position))
+                    self._last_mark = hub.next_id
+            finally:
+                between.set()
 
     def _check_refill(self, position: Position) -> None:
         """After a refill transaction: live from the checkpoint on; ids must line up with it."""
@@ -286,12 +296,18 @@ class Daemon:
             await self.replica.close()
         pump, self._pump_task = self._pump_task, None
         if pump is not None and not pump.done():
+            # let the transaction being published complete, then stop waiting for the
+            # next one (cancelling there drops nothing: no event of it has an id yet)
             try:
-                await asyncio.wait_for(pump, 10.0)
+                await asyncio.wait_for(self._between.wait(), 10.0)
             except TimeoutError:
                 log.warning("the last transaction did not finish publishing within 10s")
-            except Exception:
-                log.exception("the binlog pump failed while stopping")
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                try:
+                    await pump
+                except Exception:
+                    log.exception("the binlog pump failed while stopping")
         if self.checkpoints is not None:
             writer, self.checkpoints = self.checkpoints, None
             if await writer.close() and writer.last_written is not None:
