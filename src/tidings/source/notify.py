@@ -368,6 +368,10 @@ class OutboxPublisher:
                 continue
             try:
                 await self._insert(batch)
+            except asyncio.CancelledError:  # close(): the rows may or may not be written
+                for _, _, ref in batch:
+                    self.outbox.fail(ref, PublishError("tidings is shutting down"))
+                raise
             except Exception as exc:
                 await self._drop()
                 error = PublishError(f"cannot write to {self._table}: {exc}")
@@ -471,6 +475,8 @@ class OutboxPurger:
                 raise
             except Exception as exc:
                 await self._drop()
+                if self._closed.is_set():
+                    return  # close() dropped the connection under this round
                 self._report(exc)
                 await self._idle(self.retry, wait_for_rows=self._needs_rows(exc))
                 continue
