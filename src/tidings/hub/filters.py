@@ -90,6 +90,8 @@ _TIME_MAX = ((838 * 60 + 59) * 60 + 59) * 1_000_000 + 999_999
 def decimal30(text: str) -> Decimal:
     """A plain decimal string as MySQL's CAST(text AS DECIMAL(65,30)): rounded, clamped."""
     value = Decimal(text)
+    if len(text) <= 31:  # too short to exceed 30 decimals or 34 integer digits: exact as is
+        return value
     if value.adjusted() >= _DEC_LIMIT:
         return _DEC_MAX.copy_sign(value)
     return value.quantize(_Q30, context=_CTX)
@@ -284,6 +286,8 @@ class Condition:
 def _compile_number(column: str, compare: Callable[[Any, Any], bool], value: Value) -> Predicate:
     exact = value.key  # int when integral, else Decimal: exact against ints and decimals
     as_float = float(value.key)  # MySQL compares DOUBLE columns with the literal as a double
+    integral = type(exact) is int
+    exact_decimal = Decimal(exact)  # Decimal against Decimal compares faster than with int
 
     def test(row: Row) -> bool:
         v: Any = row.get(column)
@@ -291,7 +295,9 @@ def _compile_number(column: str, compare: Callable[[Any, Any], bool], value: Val
         if t is int:
             return compare(v, exact)
         if t is str:
-            return _NUMBER(v) is not None and compare(decimal30(v), exact)
+            if integral and len(v) < 19 and v.isdigit():  # the common case: skip Decimal
+                return compare(int(v), exact)
+            return _NUMBER(v) is not None and compare(decimal30(v), exact_decimal)
         if t is float:
             return compare(v, as_float)
         return False
