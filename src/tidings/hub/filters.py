@@ -295,7 +295,7 @@ def _compile_number(column: str, compare: Callable[[Any, Any], bool], value: Val
         if t is int:
             return compare(v, exact)
         if t is str:
-            if integral and len(v) < 19 and v.isdigit():  # the common case: skip Decimal
+            if integral and len(v) < 19 and v.isdigit() and v.isascii():  # common: skip Decimal
                 return compare(int(v), exact)
             return _NUMBER(v) is not None and compare(decimal30(v), exact_decimal)
         if t is float:
