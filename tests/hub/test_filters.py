@@ -156,6 +156,7 @@ def test_limits() -> None:
     [
         # numbers: ints, DECIMAL strings and doubles by value; other strings never
         ("n=eq.42", [42, "42", "42.000", 42.0], [41, "042x", "forty-two", True, None, [42]]),
+        ("n=eq.12", ["12", "012"], ["\u0661\u0662", "1\u00b2", "12 ", "+12"]),  # ASCII digits only
         ("n=eq.12.5", ["12.50", 12.5], [12, "12.5 ", 12.499999]),
         ("n=gt.-1", [0, "-0.5", 1e300, 18446744073709551615], [-1, "-1.00", -2.5, "abc"]),
         ("n=lt.0.1", [0.09, "0.0999"], [0.1, "0.1", 1]),
