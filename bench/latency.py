@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import socket
 import tempfile
 import time
@@ -64,6 +65,7 @@ class WriterReport:
     cpu: float = 0.0
     late: int = 0  # sends that started more than one interval behind schedule
     seconds: float = 0.0  # from the first send to the last reply
+    slowest: float = 0.0  # longest single send + reply (a commit that stalled), seconds
 
 
 def _writer(ctrl: Connection, kind: str, port: int, rate: float, count: int) -> None:
@@ -82,6 +84,7 @@ def _writer(ctrl: Connection, kind: str, port: int, rate: float, count: int) -> 
                 report.late += 1
             last = time.monotonic()
             send_one()
+            report.slowest = max(report.slowest, time.monotonic() - last)
             report.sent += 1
         report.cpu = time.process_time() - t_cpu
         report.seconds = last - t0  # n sends span n - 1 intervals
@@ -170,6 +173,7 @@ class Result:
     sub_cpu: float
     writer_cpu: float
     late: int
+    slowest: float
     errors: list[str]
 
 
@@ -218,6 +222,7 @@ def measure(
         sub_cpu=total.cpu,
         writer_cpu=w.cpu,
         late=w.late,
+        slowest=w.slowest,
         errors=total.errors,
     )
 
@@ -254,95 +259,128 @@ def wait_pipeline(port: int, db: PrivateMariaDB, timeout: float = 60.0) -> None:
     raise TimeoutError("no row event reached tidings' subscriber")
 
 
+@dataclass(slots=True)
+class System:
+    """How to measure one system: its server, writer and subscription."""
+
+    name: str
+    server_pid: int
+    db_pid: int | None
+    writer: str
+    writer_port: int
+    port: int
+    hello: Hello
+    scenarios: list[tuple[int, float]]
+
+
+def summarise(runs: list[Result]) -> Result:
+    """The run with the median p99 among repeats (its other figures come with it)."""
+    ordered = sorted(runs, key=lambda r: r.p99)
+    return ordered[len(ordered) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="per scenario")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each scenario")
     parser.add_argument("--processes", type=int, default=4, help="subscriber processes")
     parser.add_argument("--scenarios", default="1000@100,10000@10,100@100")
     parser.add_argument("--pg-scenarios", default="100@100,1000@100")
     parser.add_argument("--systems", default="tidings,redis,postgres")
     args = parser.parse_args()
     raise_nofile()
-    systems = args.systems.split(",")
-    results: list[Result] = []
+    wanted = args.systems.split(",")
+    runs: dict[tuple[str, int, float], list[Result]] = {}
     versions: dict[str, str] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp)
-        if "tidings" in systems:
-            with PrivateMariaDB(base / "mariadb") as db:
-                db.sql("CREATE DATABASE bench")
-                db.sql(
-                    "CREATE TABLE ticks (id BIGINT AUTO_INCREMENT PRIMARY KEY,"
-                    " stamp VARCHAR(32) NOT NULL, pad VARCHAR(255) NOT NULL)",
-                    "bench",
+    with contextlib.ExitStack() as stack:
+        base = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        systems: list[System] = []
+        # every server is up for the whole run; the repeats interleave the systems so that
+        # the machine's slow moments (a shared VM stalls for tens of ms now and then) spread
+        if "tidings" in wanted:
+            db = stack.enter_context(PrivateMariaDB(base / "mariadb"))
+            db.sql("CREATE DATABASE bench")
+            db.sql(
+                "CREATE TABLE ticks (id BIGINT AUTO_INCREMENT PRIMARY KEY,"
+                " stamp VARCHAR(32) NOT NULL, pad VARCHAR(255) NOT NULL)",
+                "bench",
+            )
+            assert db.process is not None
+            tidings = stack.enter_context(Tidings(base, mysql=db.url()))
+            wait_pipeline(tidings.port, db)
+            systems.append(
+                System(
+                    "tidings (MariaDB commit)",
+                    tidings.pid,
+                    db.process.pid,
+                    "mysql",
+                    db.port,
+                    tidings.port,
+                    resp_subscribe(b"bench.ticks"),
+                    scenarios(args.scenarios),
                 )
-                assert db.process is not None
-                with Tidings(base, mysql=db.url()) as server:
-                    wait_pipeline(server.port, db)
-                    for subs, rate in scenarios(args.scenarios):
-                        results.append(
-                            measure(
-                                "tidings (MariaDB commit)",
-                                server.pid,
-                                db.process.pid,
-                                "mysql",
-                                db.port,
-                                server.port,
-                                resp_subscribe(b"bench.ticks"),
-                                subs,
-                                rate,
-                                args.seconds,
-                                args.processes,
-                            )
-                        )
-                        log(str(results[-1]))
-        if "redis" in systems:
+            )
+        if "redis" in wanted:
             redis = Redis(base / "redis")
-            with redis:
-                versions["redis"] = redis.version()
-                for subs, rate in scenarios(args.scenarios):
-                    results.append(
-                        measure(
-                            "redis-server (PUBLISH)",
-                            redis.pid,
-                            None,
-                            "redis",
-                            redis.port,
-                            redis.port,
-                            resp_subscribe(b"ticks"),
-                            subs,
-                            rate,
-                            args.seconds,
-                            args.processes,
-                        )
-                    )
-                    log(str(results[-1]))
-        if "postgres" in systems:
+            stack.enter_context(redis)
+            versions["redis"] = redis.version()
+            systems.append(
+                System(
+                    "redis-server (PUBLISH)",
+                    redis.pid,
+                    None,
+                    "redis",
+                    redis.port,
+                    redis.port,
+                    resp_subscribe(b"ticks"),
+                    scenarios(args.scenarios),
+                )
+            )
+        if "postgres" in wanted:
             pg = Postgres()
-            with pg:
-                versions["postgres"] = pg.version()
-                for subs, rate in scenarios(args.pg_scenarios):
-                    results.append(
-                        measure(
-                            "PostgreSQL (NOTIFY commit)",
-                            pg.pid,
-                            None,
-                            "postgres",
-                            pg.port,
-                            pg.port,
-                            pg_listen("ticks"),
-                            subs,
-                            rate,
-                            args.seconds,
-                            args.processes,
-                        )
+            stack.enter_context(pg)
+            versions["postgres"] = pg.version()
+            systems.append(
+                System(
+                    "PostgreSQL (NOTIFY commit)",
+                    pg.pid,
+                    None,
+                    "postgres",
+                    pg.port,
+                    pg.port,
+                    pg_listen("ticks"),
+                    scenarios(args.pg_scenarios),
+                )
+            )
+        for rep in range(args.repeat):
+            for system in systems:
+                for subs, rate in system.scenarios:
+                    r = measure(
+                        system.name,
+                        system.server_pid,
+                        system.db_pid,
+                        system.writer,
+                        system.writer_port,
+                        system.port,
+                        system.hello,
+                        subs,
+                        rate,
+                        args.seconds,
+                        args.processes,
                     )
-                    log(str(results[-1]))
+                    runs.setdefault((system.name, subs, rate), []).append(r)
+                    log(
+                        f"run {rep + 1}: {system.name} {subs}@{rate:g}: p50 {r.p50:.2f} "
+                        f"p99 {r.p99:.2f} max {r.max:.2f} ms; writer slowest "
+                        f"{r.slowest * 1e3:.1f} ms, {r.late} late {r.errors or ''}"
+                    )
 
-    redis_p99 = {(r.subscribers, r.rate): r.p99 for r in results if r.system.startswith("redis")}
+    results = {key: summarise(rs) for key, rs in runs.items()}
+    redis_p99 = {(k[1], k[2]): r.p99 for k, r in results.items() if k[0].startswith("redis")}
     rows = []
-    for r in results:
+    for key, r in results.items():
         anchor = redis_p99.get((r.subscribers, r.rate))
+        p99s = sorted(x.p99 for x in runs[key])
         rows.append(
             [
                 r.system,
@@ -352,6 +390,7 @@ def main() -> None:
                 "yes" if r.received == r.expected else f"{r.received:,}/{r.expected:,}",
                 r.p50,
                 r.p99,
+                f"{p99s[0]:.1f}-{p99s[-1]:.1f}",
                 r.p999,
                 r.max,
                 f"{r.p99 / anchor:.2f}x" if anchor else "-",
@@ -362,8 +401,8 @@ def main() -> None:
             ]
         )
     print(
-        f"\n{machine()}; {args.seconds:g} s per scenario; redis-server "
-        f"{versions.get('redis', '-')}; PostgreSQL {versions.get('postgres', '-')}"
+        f"\n{machine()}; {args.seconds:g} s per run, median p99 of {args.repeat} runs; "
+        f"redis-server {versions.get('redis', '-')}; PostgreSQL {versions.get('postgres', '-')}"
     )
     print(
         md_table(
@@ -375,6 +414,7 @@ def main() -> None:
                 "all received",
                 "p50 ms",
                 "p99 ms",
+                "p99 range ms",
                 "p99.9 ms",
                 "max ms",
                 "p99 vs redis",

@@ -12,8 +12,10 @@ After the handshake a worker does one of three things, as the parent says:
 
 - count: add up the bytes received; every message has the same frame size, so
   bytes / frame size is the message count (no parsing: the generator stays cheap);
-- stamps: find each `T=<19 digits>` (time.time_ns() at the sender) in the stream
-  and keep receipt time minus stamp, one sample per message per connection;
+- stamps: note the receipt time of each read and keep its bytes; once the run is
+  over, find each `T=<19 digits>` (time.time_ns() at the sender) and keep receipt
+  time minus stamp, one sample per message per connection (parsing after the run
+  keeps the generator's per-message cost, which delays later sockets, small);
 - idle: hold the connections and read nothing.
 
 Each worker reports its own CPU seconds for the measured phase (time.process_time), so a
@@ -24,6 +26,7 @@ Publishers (`publish`) are plain blocking sockets in their own processes.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing as mp
 import re
 import select
@@ -124,6 +127,9 @@ def _worker(
     ctrl: Connection, host: str, port: int, source: str, hellos: Sequence[tuple[int, Hello]]
 ) -> None:
     raise_nofile()
+    # no cyclic GC: collections over the reads kept in stamps mode are pauses of many ms,
+    # which would show up as server latency (nothing here makes reference cycles)
+    gc.disable()
     ep = select.epoll()
     socks: dict[int, socket.socket] = {}
     index: dict[int, int] = {}  # fd -> position in hellos
@@ -202,8 +208,8 @@ def _measure(
     t_cpu = time.process_time()
     report = Report(connections=len(socks))
     got: dict[int, int] = dict.fromkeys(socks, 0)
-    carry: dict[int, bytes] = dict.fromkeys(socks, b"")
-    samples = array("q")
+    tail: dict[int, bytes] = dict.fromkeys(socks, b"")  # last byte read: "T" + "=" split
+    reads: list[tuple[int, int, bytes]] = []  # (fd, time.time_ns(), bytes) in stamps mode
     buf = bytearray(1 << 18)
     view = memoryview(buf)
     ctrl_fd = ctrl.fileno()
@@ -245,15 +251,10 @@ def _measure(
             last_data = report.last
             report.received += n
             if stamps:
-                t = time.time_ns()
-                data = carry[fd] + bytes(view[:n])
-                end = 0
-                k = 0
-                for m in STAMP.finditer(data):
-                    samples.append(t - int(m.group(1)))
-                    end = m.end()
-                    k += 1
-                carry[fd] = data[max(end, len(data) - 21) :]
+                chunk = bytes(view[:n])
+                reads.append((fd, time.time_ns(), chunk))
+                k = (tail[fd] + chunk).count(b"T=")
+                tail[fd] = chunk[-1:]
                 got[fd] += k
                 total += k
             else:
@@ -268,8 +269,23 @@ def _measure(
     report.messages = total if stamps else 0
     assert expect_of is not None
     report.short = sum(1 for fd, n in got.items() if n < expect_of(index[fd]))
-    report.samples = samples.tobytes()
+    report.samples = _stamps(reads).tobytes() if stamps else b""
     return report
+
+
+def _stamps(reads: list[tuple[int, int, bytes]]) -> array[int]:
+    """Receipt time minus stamp for every `T=<ns>` in each connection's reads, in order."""
+    samples = array("q")
+    carry: dict[int, bytes] = {}
+    for fd, t, chunk in reads:
+        data = carry.get(fd, b"") + chunk
+        end = 0
+        for m in STAMP.finditer(data):
+            samples.append(t - int(m.group(1)))
+            end = m.end()
+        # an incomplete stamp (at most 20 bytes) waits for the next read
+        carry[fd] = data[max(end, len(data) - 20) :]
+    return samples
 
 
 class Fleet:
