@@ -307,7 +307,7 @@ def test_kill_9_at_random_moments_loses_and_repeats_nothing(
     db = own_mariadb  # its own binlog: every event in it is one of this test's rows
     db.sql("CREATE DATABASE k; CREATE TABLE k.t (seq INT PRIMARY KEY)")
     port, state, log = free_port(), tmp_path / "state", tmp_path / "tidings.log"
-    flags = ("--checkpoint-interval", "0.05", "--mark-every", "300", "--history-events", "1500")
+    flags = ("--checkpoint-interval", "0.05", "--mark-every", "1000", "--history-events", "20000")
     store = CheckpointStore(state)
     proc = serve(db, replica_server_id, port, state, log, *flags)
     try:
