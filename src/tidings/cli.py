@@ -27,6 +27,7 @@ EPILOG = """\
 examples:
   tidings doctor --mysql mysql://repl:secret@127.0.0.1:3306/
   tidings serve  --mysql mysql://repl:secret@127.0.0.1:3306/ --resp 127.0.0.1:6380
+  tidings serve  --mysql mysql://repl:secret@127.0.0.1:3306/ --state-dir /var/lib/tidings
   redis-cli -p 6380 SUBSCRIBE shop.orders
   tidings tail shop.orders 'shop.*'
   tidings demo
