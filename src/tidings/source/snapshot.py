@@ -206,6 +206,42 @@ def format_rows(
 # encoders only: result values stay text/bytes (the decoders would lose fractions and zero dates)
 _ENCODERS = {k: v for k, v in converters.conversions.items() if not isinstance(k, int)}
 
+# key column types whose text round-trips as a parameter and whose `>` agrees with ORDER BY
+# (ENUM sorts by index but compares by label; FLOAT/BIT/JSON text does not round-trip)
+_SEEKABLE = frozenset(
+    {*_INTS, "decimal", "numeric", "char", "varchar", "binary", "varbinary"}
+    | {"date", "datetime", "timestamp", "time", "double", "real"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Query:
+    """How the rows are read: pages by key when the table has a usable one, else a stream."""
+
+    select: str
+    where: str
+    params: tuple[Any, ...]
+    #: positions (in the select list) and names of the key columns; empty: no usable key
+    key: tuple[tuple[int, str], ...]
+
+    def page(self, after: tuple[Any, ...] | None, limit: int) -> tuple[str, list[Any]]:
+        """The next page: rows after the key values `after`, in key order."""
+        where, params = self.where, list(self.params)
+        if after is not None:
+            # (a, b) > (x, y) spelled out, which MariaDB turns into an index range
+            names = [quote_identifier(name) for _, name in self.key]
+            ors = []
+            for i, name in enumerate(names):
+                equal = [f"{n} = %s" for n in names[:i]]
+                ors.append("(" + " AND ".join([*equal, f"{name} > %s"]) + ")")
+                params.extend(after[: i + 1])
+            where = f"({where}) AND ({' OR '.join(ors)})"
+        order = ", ".join(quote_identifier(name) for _, name in self.key)
+        return f"{self.select} WHERE {where} ORDER BY {order} LIMIT {limit}", params
+
+    def after(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(row[i] for i, _ in self.key)
+
 
 class Snapshot:
     """An open snapshot: `position`, then `async for batch in snapshot` (lists of row dicts).
@@ -216,13 +252,14 @@ class Snapshot:
 
     __slots__ = (
         "_conn",
-        "_cursor",
         "_done",
         "_filter",
         "_formatters",
+        "_query",
         "batch",
         "columns",
         "database",
+        "paged",
         "position",
         "rows_read",
         "table",
@@ -231,7 +268,7 @@ class Snapshot:
     def __init__(
         self,
         conn: Any,
-        cursor: Any,
+        query: _Query,
         position: Position,
         database: str,
         table: str,
@@ -240,7 +277,7 @@ class Snapshot:
         batch: int,
     ) -> None:
         self._conn = conn
-        self._cursor = cursor
+        self._query = query
         #: the binlog position the rows reflect: stream from here to continue them
         self.position = position
         self.database = database
@@ -249,6 +286,8 @@ class Snapshot:
         self._formatters = tuple(c.formatter() for c in columns)
         self._filter = row_filter
         self.batch = batch
+        #: True when rows are read in pages by primary key (memory bounded by `batch`)
+        self.paged = bool(query.key)
         self.rows_read = 0
         self._done = False
 
@@ -258,13 +297,7 @@ class Snapshot:
     async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
         """Each batch holds at most `batch` rows (fewer when the filter drops some)."""
         try:
-            while not self._done:
-                try:
-                    raw = await self._cursor.fetchmany(self.batch)
-                except asyncmy.errors.MySQLError as exc:
-                    raise _snapshot_error(exc, self.database, self.table) from exc
-                if not raw:
-                    break
+            async for raw in self._raw_pages():
                 self.rows_read += len(raw)
                 rows = format_rows(raw, self.columns, self._formatters)
                 if self._filter is not None:
@@ -276,12 +309,40 @@ class Snapshot:
         finally:
             self.close()
 
+    async def _raw_pages(self) -> AsyncIterator[list[tuple[Any, ...]]]:
+        query, batch = self._query, self.batch
+        try:
+            if query.key:
+                # one bounded query per page, all in the snapshot's read view
+                after = None
+                while not self._done:
+                    sql, params = query.page(after, batch)
+                    async with self._conn.cursor() as cur:
+                        await cur.execute(sql, params)
+                        rows = list(await cur.fetchall())
+                    if rows:
+                        yield rows
+                    if len(rows) < batch:
+                        return
+                    after = query.after(rows[-1])
+                return
+            # no usable key: one streaming query. asyncmy reads ahead without flow control,
+            # so a consumer slower than the server lets the unread rows pile up client-side
+            cursor = self._conn.cursor(SSCursor)
+            await cursor.execute(f"{query.select} WHERE {query.where}", list(query.params))
+            while not self._done:
+                rows = await cursor.fetchmany(batch)
+                if not rows:
+                    return
+                yield rows
+        except asyncmy.errors.MySQLError as exc:
+            raise _snapshot_error(exc, self.database, self.table) from exc
+
     async def _finish(self) -> None:
         if self._done:
             return
         self._done = True
         with contextlib.suppress(Exception):  # the rows are read; ending politely is a courtesy
-            await self._cursor.close()
             async with self._conn.cursor() as cur:
                 await cur.execute("COMMIT")
 
@@ -383,19 +444,38 @@ async def _open(
         # read after the snapshot began: an ALTER racing with us then fails the SELECT
         # (ER_TABLE_DEF_CHANGED) instead of leaving these names out of step with the rows
         columns = await _columns(cur, database, table)
+        key = await _primary_key(cur, database, table)
     types = {c.name: c.data_type for c in columns}
     where, params = ("TRUE", []) if row_filter is None else row_filter.to_sql(types)
     select = ", ".join(c.select() for c in columns)
-    sql = (
-        f"SELECT {select} FROM {quote_identifier(database)}.{quote_identifier(table)} WHERE {where}"
+    source = f"{quote_identifier(database)}.{quote_identifier(table)}"
+    index = {c.name: i for i, c in enumerate(columns)}
+    usable = bool(key) and all(types[name] in _SEEKABLE for name in key)
+    if not usable:
+        log.warning(
+            "%s.%s has no primary key of simple types: its snapshot is one streaming query, "
+            "and rows a slow reader has not taken yet are held in memory",
+            database,
+            table,
+        )
+    query = _Query(
+        select=f"SELECT {select} FROM {source}",
+        where=where,
+        params=tuple(params),
+        key=tuple((index[name], name) for name in key) if usable else (),
     )
-    cursor = conn.cursor(SSCursor)
-    try:
-        await cursor.execute(sql, params)
-    except asyncmy.errors.MySQLError as exc:
-        raise _snapshot_error(exc, database, table) from exc
     log.debug("snapshot of %s.%s at %s", database, table, position)
-    return Snapshot(conn, cursor, position, database, table, columns, row_filter, batch)
+    return Snapshot(conn, query, position, database, table, columns, row_filter, batch)
+
+
+async def _primary_key(cur: Any, database: str, table: str) -> tuple[str, ...]:
+    await cur.execute(
+        "SELECT COLUMN_NAME FROM information_schema.STATISTICS "
+        "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND INDEX_NAME = 'PRIMARY' "
+        "ORDER BY SEQ_IN_INDEX",
+        (database, table),
+    )
+    return tuple(str(name) for (name,) in await cur.fetchall())
 
 
 async def _columns(cur: Any, database: str, table: str) -> tuple[ColumnInfo, ...]:
