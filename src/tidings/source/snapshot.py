@@ -9,9 +9,13 @@ last transaction the view contains, readable as the status variables
 after that coordinate is invisible to the snapshot and comes after it in the
 binlog, so streaming from `Snapshot.position` completes the snapshot.
 
-The rows are read with an unbuffered (streaming) cursor, `batch` rows at a time,
-so memory stays bounded whatever the table size; the transaction (and its read
-view) stays open until the last batch or `close()`. Each value is formatted
+The rows are read in pages of `batch` rows by primary key (`WHERE key > last
+ORDER BY key LIMIT batch`), every page in the same transaction and so the same
+read view: memory stays bounded by `batch` however slowly the rows are taken.
+(asyncmy's unbuffered cursor would not do: it reads ahead without flow control,
+so a slow consumer lets the whole result pile up in its buffer.) A table without
+a primary key of simple types is read as one streaming query instead. The
+transaction stays open until the last batch or `close()`. Each value is formatted
 exactly as the binlog decoder formats it (`tidings.source.binlog`), so a
 snapshot row equals the `data` an insert event of the same row would carry:
 the SELECT list asks the server for lossless text (FLOAT through DOUBLE, the
