@@ -174,6 +174,13 @@ class Outbox:
     def paused(self) -> bool:
         return self._paused
 
+    def room(self) -> int:
+        """Bytes a paced producer (a history replay) may queue now: up to half the limit
+        held in all, nothing while the transport is paused or the outbox closed."""
+        if self.closed or self._paused:
+            return 0
+        return self.limit // 2 - self._size - self.transport.get_write_buffer_size()
+
     def write(self, data: bytes) -> None:
         """Queue `data`; cut the connection off if its output passes the limit."""
         size = self._size + len(data)

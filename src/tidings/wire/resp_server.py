@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from typing import Final, NamedTuple, cast
 
 from tidings.event import Event
-from tidings.hub import GlobPattern, Hub
+from tidings.hub import GlobPattern, Hub, Replay, ResumeError
+from tidings.hub.resume import check_since
 from tidings.wire import resp
 from tidings.wire.outbox import Flusher, Outbox
 
@@ -169,7 +170,9 @@ class RespConnection(asyncio.Protocol):
         "_message_encode",
         "_message_key",
         "_pmessage_key",
+        "_pump_pending",
         "_read_paused",
+        "_replays",
         "_write",
         "channels",
         "hub",
@@ -209,6 +212,9 @@ class RespConnection(asyncio.Protocol):
         self._closed = False
         self._logged = False
         self._read_paused = False
+        #: TIDINGS.(P)SUBSCRIBE replays not yet caught up, served one after the other
+        self._replays: list[Replay] = []
+        self._pump_pending = False
         self._set_protocol(resp3=False)
 
     def __repr__(self) -> str:
@@ -254,6 +260,11 @@ class RespConnection(asyncio.Protocol):
         )
         self._write = self.outbox.write
         self.service.connections[self] = None
+        # a replay waits for the transport to resume; with a small output limit the
+        # transport must pause well below it, or "not paused" would not mean "room"
+        high = self.settings.output_limit // 4
+        if high < transport.get_write_buffer_limits()[1]:
+            transport.set_write_buffer_limits(high=high)
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
@@ -300,6 +311,8 @@ class RespConnection(asyncio.Protocol):
         if self._read_paused and not self._closed:
             self._read_paused = False
             self.transport.resume_reading()
+        if self._replays:
+            self._pump_replays()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None:
@@ -394,6 +407,9 @@ class RespConnection(asyncio.Protocol):
         self.reply(resp.push([resp.bulk(kind), item, resp.integer(self._count())], self.resp3))
 
     def _unsubscribe_all(self) -> None:
+        for replay in self._replays:
+            replay.cancel()
+        self._replays = []
         hub = self.hub
         for channel in self.channels:
             hub.unsubscribe(self, channel)
@@ -420,6 +436,8 @@ class RespConnection(asyncio.Protocol):
             if channel in self.channels:
                 del self.channels[channel]
                 self.hub.unsubscribe(self, channel)
+                for replay in self._replays:
+                    replay.discard(channel)
             self._confirm(b"unsubscribe", raw)
 
     def cmd_psubscribe(self, args: list[bytes]) -> None:
@@ -439,7 +457,65 @@ class RespConnection(asyncio.Protocol):
             if pattern in self.patterns:
                 del self.patterns[pattern]
                 self.hub.punsubscribe(self, pattern)
+                for replay in self._replays:
+                    replay.discard(pattern, pattern=True)
             self._confirm(b"punsubscribe", raw)
+
+    def cmd_tidings_subscribe(self, args: list[bytes]) -> None:
+        self._resume(args, pattern=False)
+
+    def cmd_tidings_psubscribe(self, args: list[bytes]) -> None:
+        self._resume(args, pattern=True)
+
+    def _resume(self, args: list[bytes], *, pattern: bool) -> None:
+        """TIDINGS.(P)SUBSCRIBE since-id name...: confirm like (P)SUBSCRIBE, then replay.
+
+        Names this connection is already subscribed to are confirmed and left as
+        they are (their events are flowing already; replaying them would repeat).
+        """
+        since = resp.parse_int(args[1])
+        if since is None:
+            self.reply_error(b"ERR since-id must be an integer event id, not '%b'" % _arg(args[1]))
+            return
+        try:
+            check_since(since, self.hub.next_id)
+        except ResumeError as exc:
+            self.reply_error(b"ERR " + str(exc).encode())
+            return
+        subscribed = self.patterns if pattern else self.channels
+        kind = b"psubscribe" if pattern else b"subscribe"
+        fresh: list[str] = []
+        for raw in args[2:]:
+            name = raw.decode("utf-8", "surrogateescape")
+            if name not in subscribed:
+                subscribed[name] = None
+                fresh.append(name)
+            self._confirm(kind, raw)
+        if not fresh:
+            return
+        if pattern:
+            replay = self.hub.resume(self, since, patterns=fresh)
+        else:
+            replay = self.hub.resume(self, since, channels=fresh)
+        self._replays.append(replay)
+        if len(self._replays) == 1:
+            self._pump_replays()
+
+    def _pump_replays(self) -> None:
+        """Feed replays as much history as the output has room for; come back when it
+        drains (`resume_writing`) or, if it was only waiting to be flushed, next turn."""
+        self._pump_pending = False
+        replays = self._replays
+        outbox = self.outbox
+        while replays and not self._closed:
+            room = outbox.room()
+            if room <= 0 or not replays[0].pump(room):
+                if not outbox.paused and not self._pump_pending:
+                    # runs after the flush this iteration's writes scheduled
+                    self._pump_pending = True
+                    self.service.flusher.loop.call_soon(self._pump_replays)
+                return
+            replays.pop(0)
 
     def cmd_ping(self, args: list[bytes]) -> None:
         if len(args) > 2:
@@ -713,6 +789,10 @@ COMMANDS: Final[dict[bytes, Command]] = {
     b"unsubscribe": Command(b"unsubscribe", -1, C.cmd_unsubscribe, pubsub=True),
     b"psubscribe": Command(b"psubscribe", -2, C.cmd_psubscribe, pubsub=True),
     b"punsubscribe": Command(b"punsubscribe", -1, C.cmd_punsubscribe, pubsub=True),
+    b"tidings.subscribe": Command(b"tidings.subscribe", -3, C.cmd_tidings_subscribe, pubsub=True),
+    b"tidings.psubscribe": Command(
+        b"tidings.psubscribe", -3, C.cmd_tidings_psubscribe, pubsub=True
+    ),
     b"ping": Command(b"ping", -1, C.cmd_ping, pubsub=True),
     b"reset": Command(b"reset", 1, C.cmd_reset, pubsub=True),
     b"publish": Command(b"publish", 3, C.cmd_publish),
