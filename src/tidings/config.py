@@ -65,6 +65,16 @@ class Settings:
         "pending output after which a slow subscriber is disconnected (bytes; k/M suffix ok)",
         kind="size",
     )
+    ddl_events: bool = _opt(
+        False,
+        "publish schema changes (CREATE/ALTER/DROP/RENAME/TRUNCATE ...) as 'ddl' events on the "
+        "channel of each table they name",
+    )
+    outbox_schema: str = _opt(
+        "tidings",
+        "schema of the NOTIFY outbox table (as given to `tidings install-sql --schema`)",
+        metavar="NAME",
+    )
     state_dir: str = _opt(
         "",
         "directory for the checkpoint and mark index, so that event ids survive restarts "
@@ -115,6 +125,10 @@ class Settings:
             raise ConfigError("max_bulk must be >= 1 and output_limit >= 1024 bytes")
         if self.heartbeat <= 0:
             raise ConfigError("heartbeat must be > 0 seconds")
+        if not _SCHEMA_NAME.match(self.outbox_schema):  # as tidings.source.notify checks it
+            raise ConfigError(
+                f"outbox_schema {self.outbox_schema!r}: use 1 to 64 letters, digits, '_' or '$'"
+            )
         if self.checkpoint_interval < 0:
             raise ConfigError("checkpoint_interval must be >= 0 seconds")
         if self.mark_every < 1:
@@ -136,6 +150,7 @@ def parse_hostport(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+_SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_$]{1,64}$")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)(i?b)?\s*$", re.IGNORECASE)
 
 

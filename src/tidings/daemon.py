@@ -22,6 +22,7 @@ from tidings.hub import Hub
 from tidings.publish import publish_transaction
 from tidings.source.changes import Position
 from tidings.source.connection import MySQLConnection
+from tidings.source.notify import Outbox, OutboxPurger
 from tidings.source.replica import Replica, ReplicaError, classify
 from tidings.source.schema import SchemaLookup
 from tidings.source.url import MySQLURL
@@ -78,6 +79,10 @@ class Daemon:
         self._last_mark = 0
         self._stopping = asyncio.Event()
         self._schema: SchemaLookup | None = None
+        #: the NOTIFY outbox the publish mapping recognises, and the purger of its rows
+        self.outbox: Outbox | None = None
+        self.purger: OutboxPurger | None = None
+        self._purger_task: asyncio.Future[None] | None = None
         self._pump_task: asyncio.Future[None] | None = None
         # set while the pump is between transactions (not in the middle of publishing one)
         self._between = asyncio.Event()
@@ -101,6 +106,8 @@ class Daemon:
             self.live.set()
             return
         url = MySQLURL.parse(s.mysql)
+        self.outbox = Outbox(s.outbox_schema)
+        self.purger = OutboxPurger(url, self.outbox)
         if s.state_dir:
             start = await self._open_state(url)
             if start is None:  # stopped while waiting for the server
@@ -122,8 +129,10 @@ class Daemon:
         log.info("reading the binlog of %s as replica server_id=%d", url.redacted(), s.server_id)
 
     async def listen(self) -> None:
-        """Open the client listeners (once the ids are settled: see `run`)."""
+        """Open the client listeners (once the ids are settled: see `run`); start purging."""
         s = self.settings
+        if self.purger is not None and self._purger_task is None:
+            self._purger_task = asyncio.ensure_future(self.purger.run())
         capacity = raise_fd_limit()
         if self.resp is not None:
             host, port = parse_hostport(s.resp)
@@ -133,6 +142,13 @@ class Daemon:
         log.info(
             "descriptor limit %d: room for about %d client connections", capacity, capacity - 50
         )
+
+    def event_options(self) -> dict[str, Any]:
+        """The settings that decide which events the binlog gives (kept in the checkpoint)."""
+        return {
+            "ddl_events": self.settings.ddl_events,
+            "outbox": f"{self.settings.outbox_schema}.outbox",
+        }
 
     def _new_epoch_in_memory(self) -> None:
         """No state: every start is a new epoch, ids from the clock (see delivery.md)."""
@@ -158,6 +174,7 @@ class Daemon:
             start=Position.parse(s.start),
             history=s.history_events,
             now_us=time.time_ns() // 1000,
+            events=self.event_options(),
         )
         writer = self.checkpoints = CheckpointWriter(
             state.checkpoints,
@@ -165,6 +182,7 @@ class Daemon:
             server=facts.identity,
             interval=s.checkpoint_interval,
             last_written=None if plan.new_epoch else checkpoint,
+            events=self.event_options(),
         )
         if plan.new_epoch:
             if checkpoint is not None:
@@ -247,16 +265,17 @@ class Daemon:
         index = self.marks
         mark_every = self.settings.mark_every
         between = self._between
+        outbox, ddl = self.outbox, self.settings.ddl_events
         async for txn in replica.transactions():
             if self._stopping.is_set():
                 break  # the final checkpoint is taken at the last whole transaction
             between.clear()
             try:
                 if hub.next_id < self.live_from:
-                    await publish_transaction(hub, txn, live=False)
+                    await publish_transaction(hub, txn, live=False, outbox=outbox, ddl=ddl)
                     self._check_refill(txn.position)
                     continue  # checkpoint and marks of this stretch are on disk already
-                await publish_transaction(hub, txn)
+                await publish_transaction(hub, txn, outbox=outbox, ddl=ddl)
                 # every event of txn has its id now: the pair may be recorded
                 if writer is not None:
                     writer.advance(hub.next_id, txn.position)
@@ -292,6 +311,16 @@ class Daemon:
         The pump finishes the transaction it is publishing (the replica's stream
         ends once closed), so the final checkpoint is the last transaction's end.
         """
+        if self.purger is not None:
+            await self.purger.close()  # first: its fences need the pump
+        purging, self._purger_task = self._purger_task, None
+        if purging is not None:
+            purging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                try:
+                    await purging
+                except Exception:
+                    log.exception("the outbox purger failed while stopping")
         if self.replica is not None:
             await self.replica.close()
         pump, self._pump_task = self._pump_task, None

@@ -28,6 +28,9 @@ def test_round_trip_and_missing(tmp_path: Path) -> None:
     assert store.load() == checkpoint()
     store.save(checkpoint(2_000_000, None))
     assert store.load() == checkpoint(2_000_000, None)
+    with_events = Checkpoint(1, 2, Position("b.1", 4), SERVER, 1.0, {"ddl_events": True})
+    store.save(with_events)
+    assert store.load() == with_events
     assert not (tmp_path / "checkpoint.json.tmp").exists()
 
 

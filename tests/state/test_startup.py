@@ -118,3 +118,27 @@ def test_new_epoch_stays_above_old_ids_when_the_clock_went_back() -> None:
     future = Checkpoint(NOW + 5_000_000, NOW + 5_000_100, CP.position, SERVER, 1.0)
     p = plan(future, new_epoch=True)
     assert p.epoch == NOW + 5_000_101
+
+
+def test_changed_event_options_are_fatal_unless_new_epoch() -> None:
+    before = {"ddl_events": False, "outbox": "tidings.outbox"}
+    after = {"ddl_events": True, "outbox": "tidings.outbox"}
+    cp = Checkpoint(CP.epoch, CP.next_id, CP.position, SERVER, 1.0, before)
+
+    def with_events(events: dict[str, object] | None, new_epoch: bool = False) -> StartPlan:
+        return plan_start(
+            cp, FACTS, MARKS, state_dir=Path("/s"), new_epoch=new_epoch, start=None,
+            history=0, now_us=NOW, events=events,
+        )  # fmt: skip
+
+    assert with_events(before).first_id == cp.next_id
+    with pytest.raises(StateError, match=r"ddl_events False -> True.*--new-epoch"):
+        with_events(after)
+    assert with_events(after, new_epoch=True).new_epoch
+    # a checkpoint that does not say (or a caller that does not) is not second-guessed
+    assert not with_events(None).new_epoch
+    old = Checkpoint(CP.epoch, CP.next_id, CP.position, SERVER, 1.0)
+    assert not plan_start(
+        old, FACTS, [], state_dir=Path("/s"), new_epoch=False, start=None, history=0,
+        now_us=NOW, events=after,
+    ).new_epoch  # fmt: skip

@@ -454,7 +454,7 @@ def test_purged_binlog_is_fatal_until_new_epoch(
     assert "starting a new epoch" in log.read_text()
 
 
-async def test_checkpoint_of_another_server_and_a_second_daemon_are_refused(
+async def test_another_server_other_event_options_and_a_second_daemon_are_refused(
     mariadb: PrivateMariaDB, replica_server_id: int, tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
@@ -469,7 +469,12 @@ async def test_checkpoint_of_another_server_and_a_second_daemon_are_refused(
     finally:
         await stop_daemon(daemon)
     cp = CheckpointStore(state).load()
-    assert cp is not None
+    assert cp is not None and cp.events == {"ddl_events": False, "outbox": "tidings.outbox"}
+    # DDL events turned on: other events exist, so re-read ones would get other ids
+    changed = Daemon(Settings(mysql=mariadb.url(), resp="127.0.0.1:0", ddl_events=True,
+                              server_id=replica_server_id, state_dir=str(state)))  # fmt: skip
+    with pytest.raises(StateError, match=r"ddl_events False -> True.*--new-epoch"):
+        await asyncio.wait_for(changed.run(), 20)
     # the same directory pointed at a different server (here: a forged server_id)
     CheckpointStore(state).save(
         replace(cp, server=replace(cp.server, server_id=cp.server.server_id + 1))

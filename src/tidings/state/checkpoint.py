@@ -96,6 +96,9 @@ class Checkpoint:
     server: ServerIdentity
     #: when it was written (seconds since 1970), for operators
     time: float
+    #: the options that decide which events exist (DDL events, the NOTIFY outbox): ids
+    #: are only re-derived with the same ones. None in checkpoints that did not say
+    events: dict[str, Any] | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -106,6 +109,7 @@ class Checkpoint:
                 "position": position_to_dict(self.position),
                 "server": self.server.to_dict(),
                 "time": self.time,
+                "events": self.events,
             },
             option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE,
         )
@@ -127,12 +131,16 @@ class Checkpoint:
                 raise ValueError(f"bad epoch/next_id {epoch!r}/{next_id!r}")
             if not isinstance(when, int | float):
                 raise ValueError(f"bad time {when!r}")
+            events = doc.get("events")
+            if events is not None and not isinstance(events, dict):
+                raise ValueError(f"bad events {events!r}")
             return cls(
                 epoch=epoch,
                 next_id=next_id,
                 position=position_from_dict(doc["position"]),
                 server=ServerIdentity.from_dict(doc["server"]),
                 time=float(when),
+                events=events,
             )
         except KeyError as exc:
             raise ValueError(f"missing field {exc}") from None

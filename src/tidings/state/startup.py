@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tidings.source import mysqlwire as wire
 from tidings.source.changes import Position
@@ -78,6 +79,7 @@ def plan_start(
     start: Position | None,
     history: int,
     now_us: int,
+    events: dict[str, Any] | None = None,
 ) -> StartPlan:
     if checkpoint is None or new_epoch:
         # above every id an earlier epoch can have reached, even if the clock went back
@@ -103,6 +105,18 @@ def plan_start(
             f"this one has {mismatch}. Point --mysql at the server the checkpoint came from, "
             "use another --state-dir for this server, or start over on this server with "
             "--new-epoch (resuming clients get a gap and reload their state)"
+        )
+    if checkpoint.events is not None and events is not None and checkpoint.events != events:
+        changed = ", ".join(
+            f"{key} {checkpoint.events.get(key)!r} -> {events.get(key)!r}"
+            for key in sorted(checkpoint.events.keys() | events.keys())
+            if checkpoint.events.get(key) != events.get(key)
+        )
+        raise StateError(
+            f"the options that decide which events exist changed since the checkpoint in "
+            f"{state_dir} ({changed}): re-read events would get other ids than before. "
+            "Restore the previous options, or start over with --new-epoch (resuming "
+            "clients get a gap and reload their state)"
         )
     _check_not_purged(checkpoint, facts.files, state_dir)
     mark = choose_warmup(marks, checkpoint.next_id, history, facts.files or ())

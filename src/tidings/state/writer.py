@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 from tidings.source.changes import Position
 from tidings.state.checkpoint import Checkpoint, CheckpointStore, ServerIdentity
@@ -31,6 +32,7 @@ class CheckpointWriter:
         "_task",
         "_wake",
         "epoch",
+        "events",
         "failures",
         "interval",
         "last_error",
@@ -48,8 +50,10 @@ class CheckpointWriter:
         server: ServerIdentity,
         interval: float = 0.2,
         last_written: Checkpoint | None = None,
+        events: dict[str, Any] | None = None,
     ) -> None:
         self.store = store
+        self.events = events
         self.epoch = epoch
         self.server = server
         self.interval = interval
@@ -81,7 +85,9 @@ class CheckpointWriter:
         pending = self._pending
         if pending is None:
             return True
-        checkpoint = Checkpoint(self.epoch, pending[0], pending[1], self.server, time.time())
+        checkpoint = Checkpoint(
+            self.epoch, pending[0], pending[1], self.server, time.time(), self.events
+        )
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(None, self.store.save, checkpoint)
