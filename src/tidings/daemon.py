@@ -5,6 +5,13 @@ Protocol whose methods the loop calls when its socket is ready (the 2007
 post's "structure with function pointers" behind epoll's user-data pointer);
 the binlog connection is one more such descriptor. Nothing here scans
 connections or waits on a client.
+
+With `--state-dir` the daemon's ids survive restarts (docs/topics/delivery.md):
+at start-up `tidings.state` decides the epoch, the first id and where to read
+(resume at the checkpoint, or re-read from an older mark to refill history
+with `live=False`); the pump hands each published transaction's end to the
+checkpoint writer; clients are let in once the refill has caught up; on stop
+the transaction in hand is finished and the final checkpoint written.
 """
 
 from __future__ import annotations
