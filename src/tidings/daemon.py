@@ -287,8 +287,11 @@ class Daemon:
                 if writer is not None:
                     writer.advance(hub.next_id, txn.position)
                 if index is not None and hub.next_id - self._last_mark >= mark_every:
-                    index.append(Mark(hub.next_id, txn.position))
                     self._last_mark = hub.next_id
+                    try:
+                        index.append(Mark(hub.next_id, txn.position))
+                    except OSError as exc:  # a full disk costs warm-up reach, not delivery
+                        log.warning("cannot add to the mark index %s: %s", index.path, exc)
             finally:
                 between.set()
 

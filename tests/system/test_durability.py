@@ -483,3 +483,36 @@ async def test_another_server_other_event_options_and_a_second_daemon_are_refuse
                             server_id=replica_server_id, state_dir=str(state)))  # fmt: skip
     with pytest.raises(StateError, match=r"belongs to another server .* --new-epoch"):
         await asyncio.wait_for(other.run(), 20)
+
+
+async def test_a_failing_state_disk_keeps_delivery_going_and_catches_up(
+    mariadb: PrivateMariaDB, replica_server_id: int, tmp_path: Path
+) -> None:
+    db = f"dur{next(_dbs)}"
+    mariadb.sql(f"CREATE DATABASE {db}; CREATE TABLE {db}.t (k INT PRIMARY KEY)")
+    state = tmp_path / "state"
+    store = CheckpointStore(state)
+    daemon = await start_daemon(
+        mariadb, replica_server_id, state_dir=str(state), checkpoint_interval=0.02
+    )
+    try:
+        writer = daemon.checkpoints
+        assert writer is not None and store.load() is not None
+        # the temporary file cannot be created (as a full or read-only disk would refuse it;
+        # root ignores permissions, so a directory stands in its way)
+        (state / "checkpoint.json.tmp").mkdir()
+        sub = await subscriber(daemon, f"{db}.t")
+        mariadb.sql(f"INSERT INTO {db}.t VALUES (1), (2), (3)")
+        events = await receive(sub, 3)  # delivery goes on
+        await wait_for(lambda: writer.failures >= 2, what="retries")
+        assert writer.last_error is not None and "Is a directory" in writer.last_error
+        stale = store.load()
+        assert stale is not None and stale.next_id <= events[0]["id"]
+        (state / "checkpoint.json.tmp").rmdir()  # the disk is back
+        await wait_for(
+            lambda: (cp := store.load()) is not None and cp.next_id == events[-1]["id"] + 1,
+            what="checkpoint caught up",
+        )
+        assert writer.last_error is None
+    finally:
+        await stop_daemon(daemon)
