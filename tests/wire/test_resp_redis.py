@@ -334,12 +334,14 @@ def test_normalise_is_not_a_blank_cheque() -> None:
 
 # -- random command sequences -----------------------------------------------------------------
 names = st.sampled_from([b"a", b"b", b"a*", b"?", b"[ab]", b"caf\xc3\xa9", b"\xff"])
+# a '?' in a channel name starts a row filter (a deliberate difference): patterns only
+channels = st.sampled_from([b"a", b"b", b"a*", b"[ab]", b"caf\xc3\xa9", b"\xff"])
 commands = st.one_of(
-    st.builds(lambda n: c(b"SUBSCRIBE", *n), st.lists(names, min_size=1, max_size=3)),
-    st.builds(lambda n: c(b"UNSUBSCRIBE", *n), st.lists(names, max_size=2)),
+    st.builds(lambda n: c(b"SUBSCRIBE", *n), st.lists(channels, min_size=1, max_size=3)),
+    st.builds(lambda n: c(b"UNSUBSCRIBE", *n), st.lists(channels, max_size=2)),
     st.builds(lambda n: c(b"PSUBSCRIBE", *n), st.lists(names, min_size=1, max_size=3)),
     st.builds(lambda n: c(b"PUNSUBSCRIBE", *n), st.lists(names, max_size=2)),
-    st.builds(lambda n, m: c(b"PUBLISH", n, m), names, st.binary(max_size=8)),
+    st.builds(lambda n, m: c(b"PUBLISH", n, m), channels, st.binary(max_size=8)),
     st.builds(lambda a: c(b"PING", *a), st.lists(st.binary(max_size=5), max_size=2)),
     st.sampled_from(
         [

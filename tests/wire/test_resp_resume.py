@@ -315,3 +315,39 @@ def test_on_uvloop() -> None:
     assert Path(uvloop.__file__).exists()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(uvloop_scenarios())
+
+
+async def test_filtered_channels_over_resp(srv: Server) -> None:
+    name = b"shop.orders?status=eq.paid"
+    srv.hub.publish_record("shop.orders", {"type": "insert", "data": {"id": 1, "status": "paid"}})
+    srv.hub.publish_record("shop.orders", {"type": "insert", "data": {"id": 2, "status": "new"}})
+    c = await Client.connect(srv.port)
+    first = next(srv.hub.history.after(0))
+    await c.call(
+        "TIDINGS.SUBSCRIBE",
+        "0",
+        name,
+        reply=confirm(b"subscribe", name, 1) + message(name, first.body),
+    )
+    moved = srv.hub.publish_record(
+        "shop.orders",
+        {"type": "update", "data": {"id": 2, "status": "paid"}, "old": {"status": "new"}},
+    )
+    await c.expect(message(name, moved.body[:-1] + b',"match":"enter"}'))
+    c.close()
+
+
+async def test_a_malformed_filter_is_an_error_and_subscribes_nothing(srv: Server) -> None:
+    c = await Client.connect(srv.port)
+    await c.call(
+        "SUBSCRIBE",
+        "ok",
+        "shop.orders?status",
+        reply=b"-ERR invalid filter in channel 'shop.orders?status': ",
+    )
+    rest = await asyncio.wait_for(c.reader.readuntil(b"\r\n"), TIMEOUT)
+    assert rest and srv.hub.channels() == {}
+    await c.call("TIDINGS.SUBSCRIBE", "0", "x?", reply=b"-ERR invalid filter in channel 'x?': ")
+    await asyncio.wait_for(c.reader.readuntil(b"\r\n"), TIMEOUT)
+    await c.call("PING", reply=b"+PONG\r\n")  # still not in subscribed mode
+    c.close()

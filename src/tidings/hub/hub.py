@@ -20,6 +20,7 @@ import orjson
 
 from tidings.event import Event
 from tidings.hub import history as _history
+from tidings.hub.filtering import Classifier, FilteredChannel, derive, split
 from tidings.hub.history import History, HistoryLimits
 from tidings.hub.marks import Marks
 from tidings.hub.patterns import GlobPattern
@@ -39,6 +40,7 @@ class Subscriber(Protocol):
 class Hub:
     __slots__ = (
         "_channels",
+        "_filtered",
         "_matching",
         "_patterns",
         "epoch",
@@ -58,6 +60,8 @@ class Hub:
         history_channel_bytes: int = _history.DEFAULT_CHANNEL_BYTES,
     ) -> None:
         self._channels: dict[str, dict[Subscriber, None]] = {}
+        # base channel -> filtered channel name -> its subscribers (see tidings.hub.filtering)
+        self._filtered: dict[str, dict[str, FilteredChannel]] = {}
         self._patterns: dict[str, tuple[GlobPattern, dict[Subscriber, None]]] = {}
         # channel -> patterns that match it; rebuilt lazily whenever patterns change
         self._matching: dict[str, tuple[str, ...]] = {}
@@ -73,11 +77,23 @@ class Hub:
             )
         )
         #: binlog positions -> next id, at transaction boundaries (see `mark`)
-        self.marks = Marks(max(history_events, 1024))
+        self.marks = Marks()
 
     # -- subscriptions -------------------------------------------------------------------
     def subscribe(self, sub: Subscriber, channel: str) -> None:
-        self._channels.setdefault(channel, {})[sub] = None
+        """Subscribe to `channel`, which may carry a row filter (`base?col=op.value...`).
+
+        Raises `FilterError` for a malformed filter (any name with a `?` is one).
+        """
+        base, row_filter = split(channel)
+        if row_filter is None:
+            self._channels.setdefault(channel, {})[sub] = None
+            return
+        names = self._filtered.setdefault(base, {})
+        group = names.get(channel)
+        if group is None:
+            group = names[channel] = FilteredChannel(channel, row_filter)
+        group.subs[sub] = None
 
     def unsubscribe(self, sub: Subscriber, channel: str) -> None:
         subs = self._channels.get(channel)
@@ -85,6 +101,17 @@ class Hub:
             subs.pop(sub, None)
             if not subs:
                 del self._channels[channel]
+            return
+        if "?" in channel:
+            base = channel.partition("?")[0]
+            names = self._filtered.get(base)
+            group = names.get(channel) if names else None
+            if names is not None and group is not None:
+                group.subs.pop(sub, None)
+                if not group.subs:
+                    del names[channel]
+                    if not names:
+                        del self._filtered[base]
 
     def psubscribe(self, sub: Subscriber, pattern: str) -> None:
         entry = self._patterns.get(pattern)
@@ -104,10 +131,18 @@ class Hub:
     # -- introspection -------------------------------------------------------------------
     def subscriber_count(self, channel: str) -> int:
         """Exact subscribers of `channel` (pattern subscribers not counted, as in Redis)."""
-        return len(self._channels.get(channel, ()))
+        subs = self._channels.get(channel)
+        if subs is None and "?" in channel:
+            group = self._filtered.get(channel.partition("?")[0], {}).get(channel)
+            return len(group.subs) if group else 0
+        return len(subs) if subs else 0
 
     def channels(self) -> dict[str, int]:
-        return {name: len(subs) for name, subs in self._channels.items()}
+        """Subscribed channel names (filtered ones as subscribed) and their subscribers."""
+        found = {name: len(subs) for name, subs in self._channels.items()}
+        for names in self._filtered.values():
+            found.update((name, len(group.subs)) for name, group in names.items())
+        return found
 
     def pattern_count(self) -> int:
         return len(self._patterns)
@@ -175,6 +210,10 @@ class Hub:
             receivers = len(subs)
             for sub in tuple(subs):
                 sub.deliver(event, None)
+        if self._filtered:
+            filtered = self._filtered.get(event.channel)
+            if filtered:
+                receivers += self._dispatch_filtered(event, filtered)
         if self._patterns:
             for pattern in self._patterns_for(event.channel):
                 entry = self._patterns.get(pattern)
@@ -184,6 +223,20 @@ class Hub:
                 receivers += len(psubs)
                 for sub in tuple(psubs):
                     sub.deliver(event, pattern)
+        return receivers
+
+    def _dispatch_filtered(self, event: Event, filtered: dict[str, FilteredChannel]) -> int:
+        """Each distinct filter evaluated once; one derived event per name and outcome."""
+        receivers = 0
+        classifier = Classifier(event)
+        for group in tuple(filtered.values()):
+            outcome = classifier.classify(group.filter)
+            if outcome is None or not group.subs:
+                continue
+            derived = derive(event, group.name, outcome)
+            receivers += len(group.subs)
+            for sub in tuple(group.subs):
+                sub.deliver(derived, None)
         return receivers
 
     def _take_id(self) -> int:

@@ -79,7 +79,7 @@ class Marks:
         "reached_id",
     )
 
-    def __init__(self, limit: int = 100_000) -> None:
+    def __init__(self, limit: int = 32_768) -> None:
         self._limit = max(16, limit)
         self._keys: list[Key] = []
         self._keyed = True  # every mark has a file coordinate: bisect by it

@@ -2,7 +2,8 @@
 
 Theory of operation. `Hub.resume(sub, since, channels=..., patterns=...)` makes
 a `Replay`: a cursor into the hub's history for one subscriber and a set of
-targets (exact channels and glob patterns). It is sans-I/O and used by every
+targets (exact channels, filtered channels such as `shop.orders?id=gt.5`, and
+glob patterns). It is sans-I/O and used by every
 wire protocol the same way: the connection calls `pump(budget)` whenever its
 output has room, and each call delivers, through the subscriber's ordinary
 `deliver`, retained events with ids above the cursor, in id order, until about
@@ -20,7 +21,8 @@ the client gets one `gap` message for that target,
 `{"type":"gap","channel":T,"since":S,"oldest":O,"epoch":E}`, on the target's
 own name (the pattern, for a pattern), and the cursor skips to what is left:
 events from O on follow. The quick test `position >= History.gap_floor()`
-makes this free in the common case.
+makes this free in the common case. A filtered channel gets a gap when its base
+channel lost ids, whether or not the lost rows matched (they cannot be known).
 
 Seam for older ids. Serving ids older than memory by re-reading the binlog
 plugs in at `_gaps`: instead of a gap for the range (since, lost], a binlog
@@ -36,6 +38,8 @@ from typing import TYPE_CHECKING, Final
 import orjson
 
 from tidings.event import Event
+from tidings.hub.filtering import Classifier, derive, split
+from tidings.hub.filters import RowFilter
 from tidings.hub.history import History
 from tidings.hub.patterns import GlobPattern
 
@@ -76,7 +80,17 @@ def _id(event: Event) -> int:
 class Replay:
     """One subscriber's replay of some targets; see the module docstring."""
 
-    __slots__ = ("_globs", "_matching", "channels", "hub", "patterns", "position", "state", "sub")
+    __slots__ = (
+        "_bases",
+        "_globs",
+        "_matching",
+        "channels",
+        "hub",
+        "patterns",
+        "position",
+        "state",
+        "sub",
+    )
 
     def __init__(
         self,
@@ -87,6 +101,12 @@ class Replay:
         patterns: Iterable[str] = (),
     ) -> None:
         check_since(since, hub.next_id)
+        channels = list(dict.fromkeys(channels))
+        # base channel -> [(name as subscribed, its filter or None)]; raises FilterError
+        self._bases: dict[str, list[tuple[str, RowFilter | None]]] = {}
+        for name in channels:
+            base, row_filter = split(name)
+            self._bases.setdefault(base, []).append((name, row_filter))
         self.hub = hub
         self.sub = sub
         #: the last id the walk has consumed
@@ -122,16 +142,29 @@ class Replay:
         sent = 0
         sub = self.sub
         channels = self.channels
+        bases = self._bases
         for event in self._source(history):
             name = event.channel
-            skip = channels.get(name)
-            if skip is not None and event.id > skip:
-                sub.deliver(event, None)
-                sent += len(event.body) + len(name) + FRAME_OVERHEAD
+            targets = bases.get(name)
+            if targets is not None:
+                classifier: Classifier | None = None
+                for target, row_filter in targets:
+                    skip = channels[target]
+                    if event.id <= skip:
+                        continue
+                    if row_filter is None:
+                        sub.deliver(event, None)
+                    else:
+                        classifier = classifier or Classifier(event)
+                        outcome = classifier.classify(row_filter)
+                        if outcome is None:
+                            continue
+                        sub.deliver(derive(event, target, outcome), None)
+                    sent += len(event.body) + len(target) + FRAME_OVERHEAD
             if self.patterns:
                 for pattern in self._patterns_for(name):
-                    skip = self.patterns.get(pattern)
-                    if skip is not None and event.id > skip:
+                    since = self.patterns.get(pattern)
+                    if since is not None and event.id > since:
                         sub.deliver(event, pattern)
                         sent += len(event.body) + len(name) + len(pattern) + FRAME_OVERHEAD
             self.position = event.id
@@ -148,8 +181,13 @@ class Replay:
             self.patterns.pop(name, None)
             self._globs.pop(name, None)
             self._matching.clear()
-        else:
-            self.channels.pop(name, None)
+        elif self.channels.pop(name, None) is not None:
+            base = split(name)[0]
+            targets = [t for t in self._bases[base] if t[0] != name]
+            if targets:
+                self._bases[base] = targets
+            else:
+                del self._bases[base]
         if not self.channels and not self.patterns and self.state == "replay":
             self.state = "cancelled"
 
@@ -161,11 +199,11 @@ class Replay:
     # -- internals ---------------------------------------------------------------------------
     def _source(self, history: History) -> Iterator[Event]:
         after = self.position
-        if self.patterns or len(self.channels) > _MERGE_MAX:
+        if self.patterns or len(self._bases) > _MERGE_MAX:
             return history.after(after)
-        if len(self.channels) == 1:
-            return history.channel_after(next(iter(self.channels)), after)
-        return heapq.merge(*(history.channel_after(c, after) for c in self.channels), key=_id)
+        if len(self._bases) == 1:
+            return history.channel_after(next(iter(self._bases)), after)
+        return heapq.merge(*(history.channel_after(c, after) for c in self._bases), key=_id)
 
     def _patterns_for(self, channel: str) -> tuple[str, ...]:
         found = self._matching.get(channel)
@@ -178,11 +216,13 @@ class Replay:
 
     def _gaps(self, history: History, next_id: int) -> None:
         epoch = self.hub.epoch
-        for name, skip in self.channels.items():
-            have = max(skip, self.position)
-            lost = history.lost_upto(name, next_id)
-            if lost > have:
-                oldest = history.first_after(name, lost)
+        for base, targets in self._bases.items():
+            lost = history.lost_upto(base, next_id)
+            for name, _ in targets:
+                have = max(self.channels[name], self.position)
+                if lost <= have:
+                    continue
+                oldest = history.first_after(base, lost)
                 self._gap(name, None, have, next_id if oldest is None else oldest, epoch)
                 self.channels[name] = lost
         if not self.patterns:

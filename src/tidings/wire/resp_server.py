@@ -22,7 +22,12 @@ where this server is deliberately different:
 * an inline line longer than `max_inline` is refused even when its newline
   arrived in the same read (redis checks only while waiting for the newline);
 * a NUL byte in a `*`/`$` header is an error here (redis's C string search
-  stops there and waits).
+  stops there and waits);
+* a `?` in a channel name starts a row filter (`shop.orders?status=eq.paid`,
+  tidings.hub.filters): SUBSCRIBE with a malformed one is an error, and its
+  messages carry the name as subscribed;
+* TIDINGS.SUBSCRIBE / TIDINGS.PSUBSCRIBE `<since-id> name...` resume from an
+  event id: confirmed like (P)SUBSCRIBE, then history, then live (tidings.hub.resume).
 
 Channel names are UTF-8 `str` in the hub; client bytes that are not UTF-8 are
 carried with `surrogateescape` and come back out unchanged.
@@ -43,6 +48,8 @@ from typing import Final, NamedTuple, cast
 
 from tidings.event import Event
 from tidings.hub import GlobPattern, Hub, Replay, ResumeError
+from tidings.hub.filtering import split
+from tidings.hub.filters import FilterError
 from tidings.hub.resume import check_since
 from tidings.wire import resp
 from tidings.wire.outbox import Flusher, Outbox
@@ -419,7 +426,23 @@ class RespConnection(asyncio.Protocol):
         self.patterns = {}
 
     # -- handlers, one per command, named after it ------------------------------------------
+    def _check_filters(self, names: list[bytes]) -> bool:
+        """Reply with an error (and return False) if a channel name's row filter is bad."""
+        for raw in names:
+            if b"?" in raw:
+                try:
+                    split(raw.decode("utf-8", "surrogateescape"))
+                except FilterError as exc:
+                    self.reply_error(
+                        b"ERR invalid filter in channel '%b': %b"
+                        % (_arg(raw), str(exc).encode("utf-8", "replace"))
+                    )
+                    return False
+        return True
+
     def cmd_subscribe(self, args: list[bytes]) -> None:
+        if not self._check_filters(args[1:]):
+            return
         for raw in args[1:]:
             channel = raw.decode("utf-8", "surrogateescape")
             if channel not in self.channels:
@@ -481,6 +504,8 @@ class RespConnection(asyncio.Protocol):
             check_since(since, self.hub.next_id)
         except ResumeError as exc:
             self.reply_error(b"ERR " + str(exc).encode())
+            return
+        if not pattern and not self._check_filters(args[2:]):
             return
         subscribed = self.patterns if pattern else self.channels
         kind = b"psubscribe" if pattern else b"subscribe"
