@@ -17,6 +17,8 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from tidings.hub import history as _history
+
 
 class ConfigError(ValueError):
     pass
@@ -100,19 +102,23 @@ class Settings:
         metavar="N",
     )
     history_events: int = _opt(
-        100_000,
+        _history.DEFAULT_EVENTS,
         "events kept in memory for clients resuming from an id (0: no history); with "
         "--state-dir, about this many are re-read from the binlog at start-up to refill it",
         metavar="N",
     )
     history_bytes: int = _opt(
-        64 << 20, "memory for history at most (bytes; k/M/G suffix ok)", kind="size"
+        _history.DEFAULT_BYTES, "memory for history at most (bytes; k/M/G suffix ok)", kind="size"
     )
     history_channel_events: int = _opt(
-        10_000, "events of one channel kept in history at most", metavar="N"
+        _history.DEFAULT_CHANNEL_EVENTS,
+        "events of one channel kept in history at most",
+        metavar="N",
     )
     history_channel_bytes: int = _opt(
-        8 << 20, "memory for one channel's history at most (bytes; k/M suffix ok)", kind="size"
+        _history.DEFAULT_CHANNEL_BYTES,
+        "memory for one channel's history at most (bytes; k/M/G suffix ok)",
+        kind="size",
     )
     log_level: str = _opt("info", "debug, info, warning or error", metavar="LEVEL")
 
