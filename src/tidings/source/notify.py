@@ -436,8 +436,8 @@ class OutboxPurger:
     `run()` until `close()`. Each round: read up to `batch` ids of committed rows,
     commit a fence row, wait until the daemon has published it, delete those ids
     and the fence. Rounds follow each other while full batches come back; then at
-    most one per `interval`, and none while no outbox row goes by. The table holds
-    about `interval` seconds of NOTIFY traffic.
+    most one per `interval`, and none while no outbox row goes by (the first waits
+    for one). The table holds about `interval` seconds of NOTIFY traffic.
     """
 
     def __init__(
@@ -461,12 +461,17 @@ class OutboxPurger:
         self._conn: Any = None
         self._closed = asyncio.Event()
         self._table = f"`{outbox.schema}`.`{outbox.table}`"
-        #: rows deleted so far, and rounds run
+        #: rows deleted so far, and rounds begun (with or without rows to delete)
         self.purged = 0
         self.rounds = 0
         self.last_error: str | None = None
 
     async def run(self) -> None:
+        # The first round waits for the first outbox row the daemon publishes: proof that
+        # it reads the binlog, so the fence cannot land before the point it starts from
+        # (a daemon starting at the binlog's end would never see it). Rows left from an
+        # earlier run go with that round.
+        await self._idle(0, wait_for_rows=True)
         while not self._closed.is_set():
             self.outbox.wakeup.clear()  # inserts seen from now on call for another round
             try:
@@ -486,6 +491,7 @@ class OutboxPurger:
 
     async def purge_once(self) -> int:
         """One round; returns the number of rows deleted."""
+        self.rounds += 1
         conn = await self._connection()
         async with conn.cursor() as cur:
             await self._run(cur, f"SELECT `id` FROM {self._table} ORDER BY `id` LIMIT {self.batch}")
@@ -512,7 +518,6 @@ class OutboxPurger:
                 self.outbox.forget(ref)
             await self._run(cur, delete_statement(self._table, ids))
             deleted = int(cur.rowcount)
-        self.rounds += 1
         self.purged += deleted
         return deleted
 
@@ -560,8 +565,9 @@ class OutboxPurger:
         self.last_error = message
 
     async def _idle(self, seconds: float, *, wait_for_rows: bool) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closed.wait(), seconds)
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), seconds)
         if wait_for_rows and not self._closed.is_set():
             waits = [
                 asyncio.ensure_future(self._closed.wait()),
