@@ -52,16 +52,16 @@ async def start_daemon(
     daemon = Daemon(
         Settings(mysql=db.url(), resp="127.0.0.1:0", server_id=server_id, **settings), hub
     )
-    daemon.task = asyncio.ensure_future(daemon.run())  # type: ignore[attr-defined]
+    task = daemon.task = asyncio.ensure_future(daemon.run())  # type: ignore[attr-defined]
     await wait_for(
         lambda: (
             (daemon.replica is not None and daemon.replica.connected and daemon.resp_address)
-            or daemon.task.done()
-        ),  # type: ignore[attr-defined]
+            or task.done()
+        ),
         what="replica connected and clients let in",
     )
-    if daemon.task.done():  # type: ignore[attr-defined]
-        daemon.task.result()  # type: ignore[attr-defined]
+    if task.done():
+        task.result()
     return daemon
 
 
@@ -109,7 +109,7 @@ async def test_restart_rederives_identical_ids_and_refills_history(
         shutil.copy(store.path, tmp_path / "older.json")  # as a crash would leave it
         write(40, 80)
         batch2 = await receive(sub, 40)
-        await sub.aclose()
+        await sub.aclose()  # type: ignore[no-untyped-call]
     finally:
         await stop_daemon(first)
     ids = [e["id"] for e in batch1 + batch2]
@@ -137,7 +137,7 @@ async def test_restart_rederives_identical_ids_and_refills_history(
         write(80, 90)  # and new rows continue the sequence
         batch3 = await receive(sub, 10)
         assert [e["id"] for e in batch3] == list(range(ids[-1] + 1, ids[-1] + 11))
-        await sub.aclose()
+        await sub.aclose()  # type: ignore[no-untyped-call]
     finally:
         await stop_daemon(second)
 
@@ -148,7 +148,7 @@ async def test_restart_rederives_identical_ids_and_refills_history(
         write(90, 91)
         (event,) = await receive(sub, 1)
         assert event["id"] == ids[-1] + 11 and event["data"]["k"] == 90
-        await sub.aclose()
+        await sub.aclose()  # type: ignore[no-untyped-call]
     finally:
         await stop_daemon(third)
 
