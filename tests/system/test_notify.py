@@ -459,3 +459,22 @@ def test_install_sql_command_and_its_printed_script(installed: PrivateMariaDB) -
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert gone.returncode == 1 and gone.stderr.startswith("tidings: cannot install on"), gone
+
+
+async def test_daemon_with_ddl_events_publishes_them_to_subscribers(
+    installed: PrivateMariaDB, name: str, replica_server_id: int
+) -> None:
+    daemon = await start_daemon(installed, replica_server_id, ddl_events=True)
+    try:
+        sub = await subscriber(daemon, f"{name}.t", name)
+        installed.sql(
+            f"ALTER TABLE {name}.t ADD COLUMN w INT; INSERT INTO {name}.t VALUES (1, 2, 3);"
+            f"CREATE PROCEDURE {name}.p() SELECT 1"
+        )
+        alter, insert, procedure = await receive(sub, 3)
+        assert (alter["type"], alter["channel"], alter["table"]) == ("ddl", f"{name}.t", "t")
+        assert insert["data"] == {"id": 1, "v": 2, "w": 3}
+        assert (procedure["channel"], procedure["table"]) == (name, None)
+        assert alter["id"] < insert["id"] < procedure["id"]
+    finally:
+        await stop_daemon(daemon)
