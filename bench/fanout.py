@@ -85,28 +85,40 @@ class Profiler:
         return summarise_profile(self.out)
 
 
-def summarise_profile(path: Path, top: int = 12) -> str:
-    """The functions where the samples landed (self time), from py-spy's raw output."""
+def summarise_profile(path: Path, top: int = 10) -> str:
+    """Where py-spy's samples landed: by line (self time) and by function (inclusive)."""
     leaf: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
     total = 0
     try:
         lines = path.read_text().splitlines()
     except OSError:
         return "(no profile)"
+    outer = ("<module>", "main", "run", "Runner.run", "run_forever")
     for line in lines:
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
         n = int(count)
         frames = stack.split(";")
-        if "idle" in frames[-1] or "select" in frames[-1] or "poll" in frames[-1]:
-            name = "(waiting in the event loop)"
+        if frames[-1].split(" ")[0] in outer:
+            # uvloop's loop is C: epoll_wait, reads and callbacks' C parts land here
+            name = "uvloop C code (epoll wait, socket reads, writes of buffered data)"
         else:
             name = frames[-1]
         leaf[name] = leaf.get(name, 0) + n
+        for function in {f.split(" ")[0] for f in frames} - set(outer):
+            inclusive[function] = inclusive.get(function, 0) + n
         total += n
-    rows = sorted(leaf.items(), key=lambda kv: -kv[1])[:top]
-    return "\n".join(f"  {100 * n / total:5.1f}%  {name}" for name, n in rows)
+    if not total:
+        return "(no samples)"
+    out = ["  self time, by line:"]
+    for name, n in sorted(leaf.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"  {100 * n / total:5.1f}%  {name}")
+    out.append("  inclusive, by function:")
+    for name, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"  {100 * n / total:5.1f}%  {name}")
+    return "\n".join(out)
 
 
 @dataclass(slots=True)
@@ -181,7 +193,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100, help="PUBLISH per write, pipelined")
     parser.add_argument("--single-count", type=int, default=300)
     parser.add_argument("--pipelined-count", type=int, default=3000)
-    parser.add_argument("--many-single-count", type=int, default=30_000)
+    parser.add_argument("--many-single-count", type=int, default=100_000)
     parser.add_argument("--many-pipelined-count", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=20.0, help="publisher time cap per run")
     parser.add_argument("--servers", default="tidings,redis")

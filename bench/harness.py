@@ -122,8 +122,61 @@ def machine() -> str:
                 break
     return (
         f"{os.cpu_count()} cores ({model}), {mem / 2**30:.0f} GiB, Linux {platform.release()}, "
-        f"CPython {platform.python_version()}, {datetime.date.today().isoformat()}"
+        f"CPython {platform.python_version()}, {datetime.date.today().isoformat()}; {revision()}"
     )
+
+
+def _spin(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def machine_stalls(seconds: float = 5.0) -> str:
+    """How long this machine leaves a runnable process off the CPU: a clock-reading loop
+    while one other process keeps the second core busy; the largest gaps it saw.
+
+    On a shared virtual machine these are tens of milliseconds, which bounds what any p99
+    measured here can show; the latency table prints it beside its figures.
+    """
+    import multiprocessing
+
+    other = multiprocessing.get_context("fork").Process(target=_spin, args=(seconds + 0.5,))
+    other.start()
+    gaps = []
+    end = time.monotonic() + seconds
+    last = time.monotonic()
+    while last < end:
+        now = time.monotonic()
+        if now - last > 0.001:
+            gaps.append(now - last)
+        last = now
+    other.join()
+    gaps.sort()
+    if not gaps:
+        return "no gap over 1 ms"
+    worst = ", ".join(f"{g * 1e3:.0f}" for g in gaps[-3:])
+    return f"{len(gaps)} gaps over 1 ms in {seconds:g} s of spinning, largest {worst} ms"
+
+
+def revision() -> str:
+    """The commit the daemon ran from, and whether src/ had uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "src"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown revision"
+    return f"tidings at {head}" + (" + uncommitted changes in src/" if dirty else "")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

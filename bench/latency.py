@@ -38,6 +38,7 @@ from harness import (
     cpu_seconds,
     log,
     machine,
+    machine_stalls,
     percentile,
     raise_nofile,
     resp_command,
@@ -282,13 +283,15 @@ def summarise(runs: list[Result]) -> Result:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="per scenario")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each scenario")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each scenario")
     parser.add_argument("--processes", type=int, default=4, help="subscriber processes")
     parser.add_argument("--scenarios", default="1000@100,10000@10,100@100")
     parser.add_argument("--pg-scenarios", default="100@100,1000@100")
     parser.add_argument("--systems", default="tidings,redis,postgres")
     args = parser.parse_args()
     raise_nofile()
+    stalls = machine_stalls()
+    log(f"machine stalls: {stalls}")
     wanted = args.systems.split(",")
     runs: dict[tuple[str, int, float], list[Result]] = {}
     versions: dict[str, str] = {}
@@ -403,6 +406,7 @@ def main() -> None:
     print(
         f"\n{machine()}; {args.seconds:g} s per run, median p99 of {args.repeat} runs; "
         f"redis-server {versions.get('redis', '-')}; PostgreSQL {versions.get('postgres', '-')}"
+        f"\nthe machine itself, idle, one core kept busy: {stalls}"
     )
     print(
         md_table(
