@@ -374,7 +374,8 @@ class OutboxPublisher:
                 raise
             except Exception as exc:
                 await self._drop()
-                error = PublishError(f"cannot write to {self._table}: {exc}")
+                # after a timeout the rows may still commit, and then they are delivered
+                error = PublishError(f"cannot write to {self._table}: {exc!r}")
                 for _, _, ref in batch:
                     self.outbox.fail(ref, error)
 
