@@ -489,3 +489,45 @@ async def test_a_failing_state_disk_keeps_delivery_going_and_catches_up(
         assert cp is not None and cp.next_id == events[-1]["id"] + 1, "caught up"
     finally:
         await stop_daemon(daemon)
+
+
+async def test_marks_in_purged_binlogs_are_pruned_and_refill_starts_after_them(
+    own_mariadb: PrivateMariaDB, replica_server_id: int, tmp_path: Path
+) -> None:
+    db = own_mariadb
+    db.sql("CREATE DATABASE m; CREATE TABLE m.t (k INT PRIMARY KEY)")
+    state = tmp_path / "state"
+    settings: dict[str, Any] = {"state_dir": str(state), "mark_every": 2, "history_events": 10**6}
+    first = await start_daemon(db, replica_server_id, **settings)
+    try:
+        sub = await subscriber(first, "m.t")
+        for start in (0, 10, 20):  # ten rows in each of three binlog files
+            db.sql("".join(f"INSERT INTO m.t VALUES ({k});" for k in range(start, start + 10)))
+            db.sql("FLUSH BINARY LOGS")
+        events = await receive(sub, 30)
+        await sub.aclose()  # type: ignore[no-untyped-call]
+    finally:
+        await stop_daemon(first)
+    cp = CheckpointStore(state).load()
+    assert cp is not None
+    marks = MarkIndex(state, cp.epoch).load()
+    files = sorted({m.position.file for m in marks})
+    assert len(files) >= 3
+    # the two oldest files go; the checkpoint's (the newest) stays
+    deadline = time.monotonic() + 20
+    while files[1] in db.sql(f"PURGE BINARY LOGS TO '{files[2]}'; SHOW BINARY LOGS"):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+
+    hub = RecordingHub()
+    second = await start_daemon(db, replica_server_id, hub=hub, **settings)
+    try:
+        kept = MarkIndex(state, cp.epoch).load()
+        assert kept and {m.position.file for m in kept} == {files[2]}, "pruned on disk"
+        assert second.plan is not None and second.plan.first_id == kept[0].id
+        refill = [(i, orjson.dumps(orjson.loads(b))) for i, b, live in hub.seen if not live]
+        # re-read from the oldest readable mark: the third file's rows, with their ids
+        assert refill == [(i, b) for i, b in sorted(bodies(events).items()) if i >= kept[0].id]
+        assert 0 < len(refill) <= 10
+    finally:
+        await stop_daemon(second)
