@@ -86,18 +86,16 @@ class HistoryLimits:
 class ChannelLog:
     """One channel's retained events (a list with a head index) and what it has lost."""
 
-    __slots__ = ("events", "evicted_upto", "head", "size")
+    __slots__ = ("count", "events", "evicted_upto", "head", "size")
 
     def __init__(self, evicted_upto: int) -> None:
         self.events: list[Event] = []
         self.head = 0
+        #: retained events (len(events) - head) and their accounted bytes
+        self.count = 0
         self.size = 0
         #: every id of this channel up to here is gone (or unknown)
         self.evicted_upto = evicted_upto
-
-    @property
-    def count(self) -> int:
-        return len(self.events) - self.head
 
     def index_after(self, after: int) -> int:
         """Index in `events` of the first retained event with id > `after`."""
@@ -112,8 +110,13 @@ class History:
     """See the module docstring."""
 
     __slots__ = (
+        "_bytes",
+        "_channel_bytes",
+        "_channel_events",
         "_dead",
+        "_disabled",
         "_empty",
+        "_events",
         "_head",
         "_log",
         "channels",
@@ -128,7 +131,13 @@ class History:
     )
 
     def __init__(self, limits: HistoryLimits | None = None, *, max_empty: int = MAX_EMPTY) -> None:
-        self.limits = limits or HistoryLimits()
+        self.limits = limits = limits or HistoryLimits()
+        # the limits as plain attributes: append() runs once per event
+        self._disabled = limits.disabled
+        self._events = limits.events
+        self._bytes = limits.bytes
+        self._channel_events = limits.channel_events
+        self._channel_bytes = limits.channel_bytes
         self._log: list[Event] = []
         self._head = 0
         self._dead = 0  # entries in _log[_head:] already evicted from their channel
@@ -151,41 +160,62 @@ class History:
     def append(self, event: Event) -> None:
         """Retain `event` (ids must increase); evict what the limits no longer allow."""
         event.record = None  # see "Memory" in the module docstring
+        self.last_id = event.id
         if self.start is None:
             self.start = event.id
-        self.last_id = event.id
-        limits = self.limits
-        if limits.disabled:  # nothing is kept: every id is gone as soon as it is published
+        if self._disabled:  # nothing is kept: every id is gone as soon as it is published
             self.evicted_max = self.forgotten_upto = event.id
             return
-        size = event_size(event)
         channel = event.channel
+        size = 2 * len(event.body) + len(channel) + EVENT_OVERHEAD  # event_size(), inlined
         log = self.channels.get(channel)
         if log is None:
             log = self.channels[channel] = ChannelLog(self.forgotten_upto)
         elif not log.count:
-            self._empty.pop(channel, None)
+            del self._empty[channel]
         log.events.append(event)
+        log.count += 1
         log.size += size
         self._log.append(event)
         self.count += 1
         self.size += size
+        if log.count > self._channel_events or log.size > self._channel_bytes:
+            self._trim_channel(channel, log)
+        if self.count > self._events or self.size > self._bytes:
+            self._trim()
+
+    def _trim_channel(self, channel: str, log: ChannelLog) -> None:
         # the newest event stays whatever its size, so every event is seen by a replay
-        while (log.count > limits.channel_events or log.size > limits.channel_bytes) and (
+        while (log.count > self._channel_events or log.size > self._channel_bytes) and (
             log.count > 1
         ):
             self._evict(channel, log)
             self._dead += 1
-        while (self.count > limits.events or self.size > limits.bytes) and self.count > 1:
-            self._evict_oldest()
         if self._dead > 1024 and self._dead > self.count:
             self._compact()
+
+    def _trim(self) -> None:
+        """Evict the oldest events overall until within the limits."""
+        events = self._log
+        channels = self.channels
+        while (self.count > self._events or self.size > self._bytes) and self.count > 1:
+            event = events[self._head]
+            self._head += 1
+            log = channels.get(event.channel)
+            if log is None or event.id <= log.evicted_upto:
+                self._dead -= 1  # already evicted from its channel
+                continue
+            self._evict(event.channel, log)
+        if self._head > 4096 and self._head * 2 > len(events):
+            del events[: self._head]
+            self._head = 0
 
     def _evict(self, channel: str, log: ChannelLog) -> None:
         """Evict the oldest event of `channel` (from its log; the global entry goes dead)."""
         event = log.events[log.head]
         log.head += 1
-        size = event_size(event)
+        log.count -= 1
+        size = 2 * len(event.body) + len(channel) + EVENT_OVERHEAD  # event_size(), inlined
         log.size -= size
         self.count -= 1
         self.size -= size
@@ -206,21 +236,6 @@ class History:
         log = self.channels.pop(channel)
         if log.evicted_upto > self.forgotten_upto:
             self.forgotten_upto = log.evicted_upto
-
-    def _evict_oldest(self) -> None:
-        events = self._log
-        while True:
-            event = events[self._head]
-            self._head += 1
-            log = self.channels.get(event.channel)
-            if log is None or event.id <= log.evicted_upto:
-                self._dead -= 1  # already evicted from its channel
-                continue
-            self._evict(event.channel, log)
-            break
-        if self._head > 4096 and self._head * 2 > len(events):
-            del events[: self._head]
-            self._head = 0
 
     def _compact(self) -> None:
         self._log = [event for event in self._log[self._head :] if self._alive(event)]
