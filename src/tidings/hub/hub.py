@@ -9,6 +9,13 @@ returns; it never awaits a client. A subscriber encodes the event with
 per event and shared by all its subscribers, then queues them on its own
 bounded buffer (see `tidings.wire.outbox`). A slow subscriber is cut off by its
 own connection; the hub never waits.
+
+Around that core: every event also goes into a bounded `History`
+(tidings.hub.history), from which `resume()` replays a subscriber's missed
+events before it goes live (tidings.hub.resume); a channel name with a `?`
+subscribes through a row filter, evaluated once per distinct filter per event
+(tidings.hub.filtering); and `mark()` pairs binlog positions with ids
+(tidings.hub.marks).
 """
 
 from __future__ import annotations
