@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from tidings.event import Event
 from tidings.hub import Hub, ResumeError
+from tidings.hub.resume import SCAN_MAX
 
 BIG = 1 << 30
 
@@ -307,3 +308,17 @@ def test_any_interleaving_delivers_every_event_once_in_order_or_a_gap(
         assert set(got) <= set(expected)
         # the live tail always arrives
         assert got[-1] == max(expected)
+
+
+def test_a_pump_looks_at_a_bounded_number_of_events() -> None:
+    hub = Hub()
+    for _ in range(10_000):
+        hub.publish("busy", b"x")
+    hub.publish("rare.one", b"y")
+    sub = Recorder()
+    replay = hub.resume(sub, 0, patterns=["rare.*"])
+    pumps = 1
+    while not replay.pump(BIG):  # nothing to send for a long stretch: still yields
+        pumps += 1
+    assert pumps >= 10_000 // SCAN_MAX
+    assert [e.body for e, _ in sub.got] == [b"y"]

@@ -190,8 +190,9 @@ class Hub:
         """Replay to `sub` every retained event after id `since` on these targets, then
         subscribe it live. Drive it with `Replay.pump(budget)` as its output drains.
 
-        Raises `ResumeError` for a `since` below 0 or ahead of the stream. A target that
-        lost ids after `since` first gets a `gap` message (see tidings.hub.resume).
+        Raises `ResumeError` for a `since` below 0 or ahead of the stream, `FilterError`
+        for a malformed filtered channel name. A target that lost ids after `since` first
+        gets a `gap` message (see tidings.hub.resume).
         """
         return Replay(self, sub, since, channels, patterns)
 

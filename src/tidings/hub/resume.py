@@ -52,6 +52,9 @@ __all__ = ["FRAME_OVERHEAD", "Replay", "ResumeError"]
 FRAME_OVERHEAD: Final = 40
 #: more exact channels than this are walked through the global log instead of merged
 _MERGE_MAX: Final = 8
+#: events looked at per pump at most, delivered or not (a pattern matching few channels
+#: walks the global log: the loop gets a turn between stretches of it)
+SCAN_MAX: Final = 4096
 
 
 class ResumeError(ValueError):
@@ -131,7 +134,8 @@ class Replay:
     def pump(self, budget: int) -> bool:
         """Deliver up to about `budget` bytes of history; go live when caught up.
 
-        Returns True once the subscriber is live (or the replay was cancelled).
+        Returns True once the subscriber is live (or the replay was cancelled); False
+        when it stopped at the budget (or after SCAN_MAX events): call again later.
         """
         if self.state != "replay":
             return True
@@ -140,6 +144,7 @@ class Replay:
         if self.position < history.gap_floor(hub.next_id):
             self._gaps(history, hub.next_id)
         sent = 0
+        scanned = 0
         sub = self.sub
         channels = self.channels
         bases = self._bases
@@ -170,7 +175,8 @@ class Replay:
             self.position = event.id
             if self.state != "replay":  # delivery cut the connection, which cancelled us
                 return True
-            if sent >= budget:
+            scanned += 1
+            if sent >= budget or scanned >= SCAN_MAX:
                 return False
         self._go_live()
         return True
