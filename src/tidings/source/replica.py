@@ -159,9 +159,9 @@ def classify(exc: BaseException, url: MySQLURL, server_id: int, position: object
         return (
             f"the server cannot send its binlog from {position}: {msg}. The binlog there was "
             "probably purged (expire_logs_days, binlog_expire_logs_seconds, PURGE BINARY LOGS) "
-            "or the position/GTID is not from this server. Restart tidings without a saved "
-            "position to follow from the current end, and resynchronise subscribers; keep "
-            "binlogs longer than tidings may be down"
+            "or the position/GTID is not from this server. Restart tidings with --new-epoch "
+            "to follow from the current end (subscribers resuming across it get a gap and "
+            "reload their state), and keep binlogs longer than tidings may be down"
         )
     return None
 
@@ -237,6 +237,9 @@ class Replica:
             while not self._closed.is_set():
                 try:
                     conn = await self._open()
+                    if self._closed.is_set():  # close() came while we were connecting
+                        self._drop(conn)
+                        return
                 except Exception as exc:
                     if self._closed.is_set():
                         return
@@ -266,7 +269,7 @@ class Replica:
                 table_info = self._table_info
                 first = True
                 try:
-                    while True:
+                    while not self._closed.is_set():
                         event = await conn.next_event()
                         if event is None:
                             raise ConnectionLost("the server ended the binlog stream")
@@ -352,9 +355,9 @@ class Replica:
                             f"cannot resume at GTID {self.position.gtid}: "
                             f"{'; '.join(problems)} on {self.url.redacted()}. The server lost "
                             "transactions that were already delivered (restored from a backup? "
-                            "binlog reset?) or is not the same server. Restart tidings without "
-                            "a saved position to follow from the current end, and resynchronise "
-                            "subscribers"
+                            "binlog reset?) or is not the same server. Restart tidings with "
+                            "--new-epoch to follow from the current end (resuming subscribers "
+                            "get a gap and reload their state)"
                         )
                 await self._check_server_id_clash(conn)
                 if self._decoder is None:
