@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from fanout import Profiler
 from harness import (
     Postgres,
     Redis,
@@ -288,7 +289,10 @@ def main() -> None:
     parser.add_argument("--scenarios", default="1000@100,10000@10,100@100")
     parser.add_argument("--pg-scenarios", default="100@100,1000@100")
     parser.add_argument("--systems", default="tidings,redis,postgres")
+    parser.add_argument("--profile", type=Path, help="py-spy the daemon; raw stacks go here")
     args = parser.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     raise_nofile()
     stalls = machine_stalls()
     log(f"machine stalls: {stalls}")
@@ -358,6 +362,10 @@ def main() -> None:
         for rep in range(args.repeat):
             for system in systems:
                 for subs, rate in system.scenarios:
+                    profiler = None
+                    if args.profile and system.writer == "mysql":
+                        out = args.profile / f"tidings-{subs}-{rate:g}-run{rep + 1}.txt"
+                        profiler = Profiler(system.server_pid, out)
                     r = measure(
                         system.name,
                         system.server_pid,
@@ -371,6 +379,8 @@ def main() -> None:
                         args.seconds,
                         args.processes,
                     )
+                    if profiler is not None:
+                        log(f"profile (tidings {subs}@{rate:g}):\n{profiler.stop()}")
                     runs.setdefault((system.name, subs, rate), []).append(r)
                     log(
                         f"run {rep + 1}: {system.name} {subs}@{rate:g}: p50 {r.p50:.2f} "
