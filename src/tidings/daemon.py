@@ -29,7 +29,7 @@ from tidings.hub import Hub
 from tidings.publish import publish_transaction
 from tidings.source.changes import Position
 from tidings.source.connection import MySQLConnection
-from tidings.source.notify import Outbox, OutboxPurger
+from tidings.source.notify import Outbox, OutboxPublisher, OutboxPurger
 from tidings.source.replica import Replica, ReplicaError, classify
 from tidings.source.schema import SchemaLookup
 from tidings.source.url import MySQLURL
@@ -89,6 +89,7 @@ class Daemon:
         #: the NOTIFY outbox the publish mapping recognises, and the purger of its rows
         self.outbox: Outbox | None = None
         self.purger: OutboxPurger | None = None
+        self.publisher: OutboxPublisher | None = None
         self._purger_task: asyncio.Future[None] | None = None
         self._pump_task: asyncio.Future[None] | None = None
         # set while the pump is between transactions (not in the middle of publishing one)
@@ -115,6 +116,10 @@ class Daemon:
         url = MySQLURL.parse(s.mysql)
         self.outbox = Outbox(s.outbox_schema)
         self.purger = OutboxPurger(url, self.outbox)
+        if self.resp is not None and s.allow_publish:
+            # PUBLISH goes through the outbox table so its id comes from the binlog
+            self.publisher = OutboxPublisher(url, self.outbox)
+            self.resp.publisher = self.publisher.publish
         if s.state_dir:
             start = await self._open_state(url)
             if start is None:  # stopped while waiting for the server
@@ -321,6 +326,8 @@ class Daemon:
         The pump finishes the transaction it is publishing (the replica's stream
         ends once closed), so the final checkpoint is the last transaction's end.
         """
+        if self.publisher is not None:
+            await self.publisher.close()  # pending PUBLISHes get an error reply
         if self.purger is not None:
             await self.purger.close()  # first: its fences need the pump
         purging, self._purger_task = self._purger_task, None

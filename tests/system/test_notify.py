@@ -478,3 +478,36 @@ async def test_daemon_with_ddl_events_publishes_them_to_subscribers(
         assert alter["id"] < insert["id"] < procedure["id"]
     finally:
         await stop_daemon(daemon)
+
+
+async def test_client_publish_goes_through_the_binlog_in_order_with_the_rows(
+    installed: PrivateMariaDB, name: str, replica_server_id: int
+) -> None:
+    """With a MySQL source, PUBLISH takes its id from the binlog: deterministic like rows."""
+    daemon = await start_daemon(installed, replica_server_id, allow_publish=True)
+    try:
+        assert daemon.resp_address is not None
+        host, port = daemon.resp_address
+        sub = await subscriber(daemon, f"{name}.*")
+        reader, writer = await asyncio.open_connection(host, port)
+        installed.sql(f"INSERT INTO {name}.t VALUES (1, 1)")
+        (before,) = await receive(sub, 1)
+        payload = b"\x00raw \xff bytes"  # not JSON, not UTF-8: delivered byte for byte
+        # pipelined: the PING's reply must wait behind the PUBLISH's, as in Redis
+        writer.write(
+            b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s.x\r\n$%d\r\n%s\r\n*1\r\n$4\r\nPING\r\n"
+            % (len(name) + 2, name.encode(), len(payload), payload)
+        )
+        assert await asyncio.wait_for(reader.readexactly(4 + 7), 20) == b":1\r\n+PONG\r\n"
+        message = await sub.get_message(timeout=10)
+        assert message is not None and message["channel"] == f"{name}.x".encode()
+        assert message["data"] == payload
+        installed.sql(f"INSERT INTO {name}.t VALUES (2, 2)")
+        (after,) = await receive(sub, 1)
+        # the published message took exactly one id of the stream, between the two rows
+        assert after["id"] == before["id"] + 2
+        published = [e for e in daemon.hub.history.after(before["id"]) if e.id < after["id"]]
+        assert [(e.channel, e.body) for e in published] == [(f"{name}.x", payload)]
+        writer.close()
+    finally:
+        await stop_daemon(daemon)

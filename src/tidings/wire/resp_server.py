@@ -42,7 +42,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, NamedTuple, cast
 
@@ -81,6 +81,10 @@ _FAREWELL: Final = resp.error(
     b"ERR output limit reached: too much output was pending for this client "
     b"(it read too slowly, or one event was larger than the limit); disconnected"
 )
+
+
+#: sends a client's PUBLISH on its way; returns the number of receivers once delivered
+Publisher = Callable[[str, bytes], Awaitable[int]]
 
 
 @dataclass(slots=True, frozen=True)
@@ -180,6 +184,7 @@ class RespConnection(asyncio.Protocol):
         "_pump_pending",
         "_read_paused",
         "_replays",
+        "_waiting",
         "_write",
         "channels",
         "hub",
@@ -219,6 +224,8 @@ class RespConnection(asyncio.Protocol):
         self._closed = False
         self._logged = False
         self._read_paused = False
+        #: a command whose reply is awaited (PUBLISH through the database): later commands wait
+        self._waiting: asyncio.Task[None] | None = None
         #: TIDINGS.(P)SUBSCRIBE replays not yet caught up, served one after the other
         self._replays: list[Replay] = []
         self._pump_pending = False
@@ -276,10 +283,14 @@ class RespConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
+        self.parser.feed(data)
+        self._run_commands()
+
+    def _run_commands(self) -> None:
+        """Execute the complete commands received, until one must wait for its reply."""
         parser = self.parser
-        parser.feed(data)
         try:
-            while not self._closed:
+            while not self._closed and self._waiting is None:
                 args = parser.next_command()
                 if args is None:
                     break
@@ -298,8 +309,10 @@ class RespConnection(asyncio.Protocol):
             self.outbox.write(resp.error(b"ERR internal error; closing the connection"))
             self.close()
             return
-        # a client that pipelines faster than it reads its replies waits for the kernel
-        if self.outbox.paused and not self._closed and not self._read_paused:
+        # a client that pipelines faster than it reads its replies waits for the kernel, and
+        # one whose command awaits its reply sends nothing more meanwhile (bounded buffering)
+        paused = self.outbox.paused or self._waiting is not None
+        if paused and not self._closed and not self._read_paused:
             self._read_paused = True
             self.transport.pause_reading()
 
@@ -315,7 +328,7 @@ class RespConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.outbox.resume_writing()
-        if self._read_paused and not self._closed:
+        if self._read_paused and not self._closed and self._waiting is None:
             self._read_paused = False
             self.transport.resume_reading()
         if self._replays:
@@ -723,8 +736,33 @@ class RespConnection(asyncio.Protocol):
                 b"start tidings with --allow-publish to accept it"
             )
             return
-        receivers = self.hub.publish(args[1].decode("utf-8", "surrogateescape"), args[2])
-        self.reply(resp.integer(receivers))
+        channel = args[1].decode("utf-8", "surrogateescape")
+        publisher = self.service.publisher
+        if publisher is None:  # no database: ids live in memory, publish at once
+            self.reply(resp.integer(self.hub.publish(channel, args[2])))
+            return
+        # through the database, so the message's id comes from the binlog like every other
+        self._waiting = asyncio.ensure_future(self._publish_through(publisher, channel, args[2]))
+
+    async def _publish_through(self, publisher: Publisher, channel: str, payload: bytes) -> None:
+        try:
+            receivers = await publisher(channel, payload)
+        except ValueError as exc:
+            self.reply_error(b"ERR " + str(exc).encode("utf-8", "replace"))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("client id=%d addr=%s: PUBLISH failed: %s", self.id, self.peer, exc)
+            self.reply_error(b"ERR PUBLISH failed: " + str(exc).encode("utf-8", "replace"))
+        else:
+            self.reply(resp.integer(receivers))
+        self._waiting = None
+        if self._closed:
+            return
+        if self._read_paused and not self.outbox.paused:
+            self._read_paused = False
+            self.transport.resume_reading()
+        self._run_commands()  # what the client pipelined behind the PUBLISH
 
     def cmd_command(self, args: list[bytes]) -> None:
         # redis-cli asks for COMMAND DOCS to build its hints; an empty answer is enough
@@ -868,9 +906,13 @@ del C
 class RespService:
     """One RESP endpoint: its settings, open connections, counters and output flusher."""
 
-    def __init__(self, hub: Hub, settings: RespSettings | None = None) -> None:
+    def __init__(
+        self, hub: Hub, settings: RespSettings | None = None, *, publisher: Publisher | None = None
+    ) -> None:
         self.hub = hub
         self.settings = settings or RespSettings()
+        #: with a database source, PUBLISH goes through it (see tidings.source.notify)
+        self.publisher = publisher
         #: open connections (a dict as an ordered set)
         self.connections: dict[RespConnection, None] = {}
         self.stats = RespStats()
