@@ -68,9 +68,9 @@ class Settings:
         kind="size",
     )
     ddl_events: bool = _opt(
-        False,
+        True,
         "publish schema changes (CREATE/ALTER/DROP/RENAME/TRUNCATE ...) as 'ddl' events on the "
-        "channel of each table they name",
+        "channel of each table they name (--no-ddl-events: leave them out)",
     )
     outbox_schema: str = _opt(
         "tidings",

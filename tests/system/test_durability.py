@@ -444,11 +444,11 @@ async def test_another_server_other_event_options_and_a_second_daemon_are_refuse
     finally:
         await stop_daemon(daemon)
     cp = CheckpointStore(state).load()
-    assert cp is not None and cp.events == {"ddl_events": False, "outbox": "tidings.outbox"}
-    # DDL events turned on: other events exist, so re-read ones would get other ids
-    changed = Daemon(Settings(mysql=mariadb.url(), resp="127.0.0.1:0", ddl_events=True,
+    assert cp is not None and cp.events == {"ddl_events": True, "outbox": "tidings.outbox"}
+    # DDL events turned off: fewer events exist, so re-read ones would get other ids
+    changed = Daemon(Settings(mysql=mariadb.url(), resp="127.0.0.1:0", ddl_events=False,
                               server_id=replica_server_id, state_dir=str(state)))  # fmt: skip
-    with pytest.raises(StateError, match=r"ddl_events False -> True.*--new-epoch"):
+    with pytest.raises(StateError, match=r"ddl_events True -> False.*--new-epoch"):
         await asyncio.wait_for(changed.run(), 20)
     # the same directory pointed at a different server (here: a forged server_id)
     CheckpointStore(state).save(

@@ -183,14 +183,21 @@ async def test_alter_table_mid_stream_keeps_column_names(
         f"ALTER TABLE {schema}.t RENAME COLUMN b TO label;"
         f"UPDATE {schema}.t SET label='zz' WHERE id=3;"
     )
-    events = await receive(sub, 4)
-    assert [e["data"] for e in events] == [
+    events = await receive(sub, 7)
+    # each schema change arrives as a ddl event on the table's channel, between the rows
+    assert [e["type"] for e in events] == [
+        "insert", "ddl", "insert", "ddl", "insert", "ddl", "update",
+    ]  # fmt: skip
+    assert all(e["table"] == "t" and e["database"] == schema for e in events)
+    assert "ADD COLUMN c" in events[1]["sql"] and "RENAME COLUMN" in events[5]["sql"]
+    rows = [e for e in events if e["type"] != "ddl"]
+    assert [e["data"] for e in rows] == [
         {"id": 1, "a": 10, "b": "x"},
         {"id": 2, "c": 7, "a": 20, "b": "y"},
         {"id": 3, "c": 8, "b": "z"},
         {"id": 3, "c": 8, "label": "zz"},
     ]
-    assert events[3]["old"] == {"label": "z"}
+    assert rows[3]["old"] == {"label": "z"}
 
 
 async def test_sync_redis_py_and_redis_cli_subscribe(
