@@ -81,6 +81,8 @@ class Daemon:
         self.plan: StartPlan | None = None
         #: events with smaller ids are history refills at start-up, not delivered live
         self.live_from = 0
+        #: the binlog end at start-up, when resuming a checkpoint: clients wait until it is read
+        self.catch_up_to: Position | None = None
         #: set once the start-up re-reading (if any) has caught up with the checkpoint
         self.live = asyncio.Event()
         self._last_mark = 0
@@ -215,6 +217,10 @@ class Daemon:
         self.hub.epoch = plan.epoch
         self.hub.next_id = plan.first_id
         self.live_from = plan.live_from
+        if not plan.new_epoch:
+            # clients may hold ids past the checkpoint (delivered before a crash): let them in
+            # once the stream has been re-derived up to where the server was at start-up
+            self.catch_up_to = facts.end
         log.info("%s", plan.summary)
         return plan.read_from
 
@@ -255,7 +261,7 @@ class Daemon:
                 # Refilling history at start-up: clients are let in once it is done, so a
                 # resume never sees the stream behind ids it already had (they retry a
                 # refused connection as they do while the daemon is down)
-                tasks.append(asyncio.ensure_future(self.live.wait()))
+                tasks.append(asyncio.ensure_future(self._caught_up()))
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 tasks.pop().cancel()
                 for task in done:
@@ -299,6 +305,33 @@ class Daemon:
                         log.warning("cannot add to the mark index %s: %s", index.path, exc)
             finally:
                 between.set()
+
+    async def _caught_up(self) -> None:
+        """Wait for the refill, then for the stream to reach the start-up end of the binlog.
+
+        A checkpoint can be older than ids clients hold (they were delivered just before a
+        crash); a resume with such an id must find them re-derived, not "ahead of the
+        stream". The end is reached when a transaction at or past it is published, or when
+        the source, connected, has nothing to send for two heartbeats (the end was not a
+        transaction boundary, e.g. a trailing binlog checkpoint event).
+        """
+        await self.live.wait()
+        end = self.catch_up_to
+        replica = self.replica
+        if end is None or replica is None:
+            return
+        quiet = 2 * self.settings.heartbeat
+        while True:
+            seen = replica.transactions_total
+            try:
+                await asyncio.wait_for(self.hub.wait_position(end), quiet)
+                break
+            except TimeoutError:
+                if replica.connected and replica.transactions_total == seen:
+                    break  # connected and nothing more to read: this is the end
+            except ValueError:  # positions without a common coordinate: cannot tell
+                break
+        log.info("caught up with the binlog end seen at start-up (%s)", end)
 
     def _check_refill(self, position: Position) -> None:
         """After a refill transaction: live from the checkpoint on; ids must line up with it."""
