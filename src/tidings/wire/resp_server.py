@@ -27,7 +27,10 @@ where this server is deliberately different:
   tidings.hub.filters): SUBSCRIBE with a malformed one is an error, and its
   messages carry the name as subscribed;
 * TIDINGS.SUBSCRIBE / TIDINGS.PSUBSCRIBE `<since-id> name...` resume from an
-  event id: confirmed like (P)SUBSCRIBE, then history, then live (tidings.hub.resume).
+  event id: confirmed like (P)SUBSCRIBE, then history, then live (tidings.hub.resume);
+* TIDINGS.SNAPSHOT `db.table[?filter]`: confirmed like SUBSCRIBE once the snapshot is
+  open (later commands wait, like a blocking command), then the rows, `snapshot-end`,
+  the stream from the snapshot's position, live (tidings.wire.snapshot_stream).
 
 Channel names are UTF-8 `str` in the hub; client bytes that are not UTF-8 are
 carried with `surrogateescape` and come back out unchanged.
@@ -53,6 +56,7 @@ from tidings.hub.filters import FilterError
 from tidings.hub.resume import check_since
 from tidings.wire import resp
 from tidings.wire.outbox import Flusher, Outbox
+from tidings.wire.snapshot_stream import SnapshotRequestError, SnapshotService, SnapshotStream
 
 __all__ = [
     "COMMANDS",
@@ -227,7 +231,7 @@ class RespConnection(asyncio.Protocol):
         #: a command whose reply is awaited (PUBLISH through the database): later commands wait
         self._waiting: asyncio.Task[None] | None = None
         #: TIDINGS.(P)SUBSCRIBE replays not yet caught up, served one after the other
-        self._replays: list[Replay] = []
+        self._replays: list[Replay | SnapshotStream] = []
         self._pump_pending = False
         self._set_protocol(resp3=False)
 
@@ -547,13 +551,75 @@ class RespConnection(asyncio.Protocol):
         outbox = self.outbox
         while replays and not self._closed:
             room = outbox.room()
-            if room <= 0 or not replays[0].pump(room):
-                if not outbox.paused and not self._pump_pending:
+            head = replays[0]
+            if room <= 0 or not head.pump(room):
+                # a snapshot waiting for MySQL or the stream wakes us itself (snapshot_wake)
+                waiting = isinstance(head, SnapshotStream) and head.waiting
+                if not outbox.paused and not self._pump_pending and not waiting:
                     # runs after the flush this iteration's writes scheduled
                     self._pump_pending = True
                     self.service.flusher.loop.call_soon(self._pump_replays)
                 return
             replays.pop(0)
+
+    def cmd_tidings_snapshot(self, args: list[bytes]) -> None:
+        """TIDINGS.SNAPSHOT channel: replies once the snapshot is open (later commands wait)."""
+        snapshots = self.service.snapshots
+        if snapshots is None:
+            self.reply_error(
+                b"ERR TIDINGS.SNAPSHOT needs a MySQL source (start tidings with --mysql)"
+            )
+            return
+        raw = args[1]
+        name = raw.decode("utf-8", "surrogateescape")
+        if name in self.channels or any(
+            isinstance(r, SnapshotStream) and r.name == name and not r.done for r in self._replays
+        ):
+            self.reply_error(
+                b"ERR already subscribed to '%b': UNSUBSCRIBE it first (a snapshot would "
+                b"repeat what it delivers)" % _arg(raw)
+            )
+            return
+        try:
+            stream = snapshots.request(self, name)
+        except SnapshotRequestError as exc:
+            self.reply_error(b"ERR " + str(exc).encode("utf-8", "replace"))
+            return
+        self._replays.append(stream)
+        self._waiting = stream.task  # no reply yet: commands behind this one wait for it
+
+    # the SnapshotClient side (tidings.wire.snapshot_stream), called from the stream's task
+    def snapshot_opened(self, stream: SnapshotStream) -> None:
+        self.channels[stream.name] = None
+        self._confirm(b"subscribe", channel_bytes(stream.name))
+        self._snapshot_replied(stream)
+
+    def snapshot_failed(self, stream: SnapshotStream, message: str) -> None:
+        if stream in self._replays:
+            self._replays.remove(stream)
+        self.reply_error(b"ERR " + message.encode("utf-8", "replace"))
+        if stream.name in self.channels:  # it failed while reading rows: it ends here
+            del self.channels[stream.name]
+            self._confirm(b"unsubscribe", channel_bytes(stream.name))
+        self._snapshot_replied(stream)
+        if self._replays:
+            self._pump_replays()
+
+    def snapshot_wake(self, stream: SnapshotStream) -> None:
+        if not self._closed and self._replays:
+            self._pump_replays()
+
+    def _snapshot_replied(self, stream: SnapshotStream) -> None:
+        """The snapshot's first reply is out: run the commands that waited behind it."""
+        if self._waiting is not stream.task:
+            return
+        self._waiting = None
+        if self._closed:
+            return
+        if self._read_paused and not self.outbox.paused:
+            self._read_paused = False
+            self.transport.resume_reading()
+        self._run_commands()
 
     def cmd_ping(self, args: list[bytes]) -> None:
         if len(args) > 2:
@@ -856,6 +922,7 @@ COMMANDS: Final[dict[bytes, Command]] = {
     b"tidings.psubscribe": Command(
         b"tidings.psubscribe", -3, C.cmd_tidings_psubscribe, pubsub=True
     ),
+    b"tidings.snapshot": Command(b"tidings.snapshot", 2, C.cmd_tidings_snapshot, pubsub=True),
     b"ping": Command(b"ping", -1, C.cmd_ping, pubsub=True),
     b"reset": Command(b"reset", 1, C.cmd_reset, pubsub=True),
     b"publish": Command(b"publish", 3, C.cmd_publish),
@@ -907,12 +974,19 @@ class RespService:
     """One RESP endpoint: its settings, open connections, counters and output flusher."""
 
     def __init__(
-        self, hub: Hub, settings: RespSettings | None = None, *, publisher: Publisher | None = None
+        self,
+        hub: Hub,
+        settings: RespSettings | None = None,
+        *,
+        publisher: Publisher | None = None,
+        snapshots: SnapshotService | None = None,
     ) -> None:
         self.hub = hub
         self.settings = settings or RespSettings()
         #: with a database source, PUBLISH goes through it (see tidings.source.notify)
         self.publisher = publisher
+        #: with a MySQL source, TIDINGS.SNAPSHOT (tidings.wire.snapshot_stream)
+        self.snapshots = snapshots
         #: open connections (a dict as an ordered set)
         self.connections: dict[RespConnection, None] = {}
         self.stats = RespStats()
