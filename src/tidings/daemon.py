@@ -45,6 +45,7 @@ from tidings.state import (
     read_server_facts,
 )
 from tidings.wire.resp_server import RespService, RespSettings
+from tidings.wire.snapshot_stream import SnapshotService
 
 log = logging.getLogger("tidings.daemon")
 
@@ -122,6 +123,9 @@ class Daemon:
             # PUBLISH goes through the outbox table so its id comes from the binlog
             self.publisher = OutboxPublisher(url, self.outbox)
             self.resp.publisher = self.publisher.publish
+        if self.resp is not None:
+            # TIDINGS.SNAPSHOT: each snapshot on its own connection (tidings.wire.snapshot_stream)
+            self.resp.snapshots = SnapshotService.for_mysql(self.hub, url, origin=self._origin)
         if s.state_dir:
             start = await self._open_state(url)
             if start is None:  # stopped while waiting for the server
@@ -333,6 +337,14 @@ class Daemon:
                 break
         log.info("caught up with the binlog end seen at start-up (%s)", end)
 
+    def _origin(self) -> Position | None:
+        """Where the binlog stream began, while no transaction has been read from it (so
+        `hub.next_id` is the id there): lets a snapshot pair with a daemon that is idle."""
+        replica = self.replica
+        if replica is None or not replica.connected or replica.transactions_total:
+            return None
+        return replica.position
+
     def _check_refill(self, position: Position) -> None:
         """After a refill transaction: live from the checkpoint on; ids must line up with it."""
         next_id = self.hub.next_id
@@ -401,6 +413,8 @@ class Daemon:
             await self._schema.close()
         if self.resp is not None:
             await self.resp.close()
+            if self.resp.snapshots is not None:
+                await self.resp.snapshots.close()
 
 
 def install_uvloop() -> bool:
