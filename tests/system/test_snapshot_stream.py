@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncmy
 import orjson
+import pytest
 import redis.asyncio as aioredis
 
 from tests.system.test_resume import start_daemon, stop_daemon, wait_for
@@ -271,6 +272,29 @@ async def test_a_slow_reader_of_a_100k_row_snapshot_is_not_cut_off(
         assert daemon.resp.slow_consumers_cut == 0
         assert snapshots.active == 0 and snapshots.served == 1
         await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await client.aclose()
+    finally:
+        await stop_daemon(daemon)
+
+
+async def test_mysql_side_errors_are_err_replies_and_subscribe_nothing(
+    mariadb: PrivateMariaDB, replica_server_id: int
+) -> None:
+    schema = make_schema(mariadb, 10)
+    daemon = await start_daemon(mariadb, replica_server_id, Hub())
+    try:
+        assert daemon.resp_address is not None
+        host, port = daemon.resp_address
+        client = aioredis.Redis(host=host, port=port)
+        for channel, error in [
+            (f"{schema}.nope", f"no table {schema}.nope"),
+            (f"{schema}.t?x=eq.1", "no column 'x' for filter condition 'x=eq.1'"),
+        ]:
+            with pytest.raises(aioredis.ResponseError) as raised:
+                await client.execute_command("TIDINGS.SNAPSHOT", channel)
+            assert str(raised.value) == error
+        assert await client.ping()  # not in subscribed mode: nothing was subscribed
+        assert daemon.hub.channels() == {}
         await client.aclose()
     finally:
         await stop_daemon(daemon)
