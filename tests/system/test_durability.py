@@ -404,10 +404,16 @@ def test_purged_binlog_is_fatal_until_new_epoch(
     assert store.load() == before, "a refused start leaves the checkpoint alone"
 
     # the operator skips ahead: a new epoch from the current end of the binlog
+    subscribed = collector.subscriptions
     proc = serve(db, replica_server_id, port, state, log, "--new-epoch")
     try:
         deadline = time.monotonic() + 20
-        while (cp := store.load()) is None or cp.epoch == before.epoch:
+        # the plain subscriber must be back before the write: SUBSCRIBE replays nothing
+        while (
+            (cp := store.load()) is None
+            or cp.epoch == before.epoch
+            or collector.subscriptions == subscribed
+        ):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.01)
         assert cp.epoch > before.next_id, "a new epoch's ids are above the old ones"
