@@ -231,8 +231,10 @@ class Outbox:
         self._chunks = []
         self._size = 0
         transport.write(data)
-        self._backlog = transport.get_write_buffer_size()
-        self._update_threshold()
+        backlog = transport.get_write_buffer_size()
+        if backlog != self._backlog:  # almost always 0 == 0: the kernel took it all
+            self._backlog = backlog
+            self._update_threshold()
         stats = self.flusher.stats
         stats.writes += 1
         stats.bytes_written += len(data)
