@@ -31,7 +31,7 @@ from tidings.hub.filtering import Classifier, FilteredChannel, derive, split
 from tidings.hub.history import History, HistoryLimits
 from tidings.hub.marks import Marks
 from tidings.hub.patterns import GlobPattern
-from tidings.hub.resume import Replay
+from tidings.hub.resume import Replay, Reread
 from tidings.source.changes import Position
 
 
@@ -55,6 +55,7 @@ class Hub:
         "marks",
         "next_id",
         "published",
+        "reread",
     )
 
     def __init__(
@@ -85,6 +86,9 @@ class Hub:
         )
         #: binlog positions -> next id, at transaction boundaries (see `mark`)
         self.marks = Marks()
+        #: serves resumes older than history by re-reading the binlog (set by the daemon
+        #: with --state-dir, tidings.state.reread); None: those get a gap
+        self.reread: Reread | None = None
 
     # -- subscriptions -------------------------------------------------------------------
     def subscribe(self, sub: Subscriber, channel: str) -> None:
@@ -191,8 +195,9 @@ class Hub:
         subscribe it live. Drive it with `Replay.pump(budget)` as its output drains.
 
         Raises `ResumeError` for a `since` below 0 or ahead of the stream, `FilterError`
-        for a malformed filtered channel name. A target that lost ids after `since` first
-        gets a `gap` message (see tidings.hub.resume).
+        for a malformed filtered channel name. A target that lost ids after `since` is
+        served them from the binlog when `reread` can, else first gets a `gap` message
+        (see tidings.hub.resume).
         """
         return Replay(self, sub, since, channels, patterns)
 
