@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 import orjson
 import pytest
 
-from tests.system.test_end_to_end import receive, stop_daemon, subscriber, wait_for
+from tests.system.daemons import receive, start_daemon, stop_daemon, subscriber, wait_for
 from tidings.config import Settings
 from tidings.daemon import Daemon
 from tidings.hub import Hub
@@ -44,25 +44,6 @@ class RecordingHub(Hub):
         event = super().publish_record(channel, fields, live=live)
         self.seen.append((event.id, event.body, live))
         return event
-
-
-async def start_daemon(
-    db: PrivateMariaDB, server_id: int, hub: Hub | None = None, **settings: Any
-) -> Daemon:
-    daemon = Daemon(
-        Settings(mysql=db.url(), resp="127.0.0.1:0", server_id=server_id, **settings), hub
-    )
-    task = daemon.task = asyncio.ensure_future(daemon.run())  # type: ignore[attr-defined]
-    await wait_for(
-        lambda: (
-            (daemon.replica is not None and daemon.replica.connected and daemon.resp_address)
-            or task.done()
-        ),
-        what="replica connected and clients let in",
-    )
-    if task.done():
-        task.result()
-    return daemon
 
 
 def bodies(events: list[dict[str, Any]]) -> dict[int, bytes]:

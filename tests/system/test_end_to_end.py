@@ -13,45 +13,25 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
-import redis.asyncio as aioredis
 
 from tests.source import test_binlog_golden as golden
+from tests.system.daemons import (
+    assert_silent,
+    receive,
+    start_daemon,
+    stop_daemon,
+    subscriber,
+    wait_for,
+)
 from tidings.config import Settings
 from tidings.daemon import Daemon
 from tidings.sandbox import PrivateMariaDB
 from tidings.source.replica import ReplicaError
 
 _dbs = itertools.count(1)
-
-
-async def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def start_daemon(db: PrivateMariaDB, server_id: int, **settings: Any) -> Daemon:
-    daemon = Daemon(Settings(mysql=db.url(), resp="127.0.0.1:0", server_id=server_id, **settings))
-    daemon.task = asyncio.ensure_future(daemon.run())  # type: ignore[attr-defined]
-    await wait_for(
-        lambda: (daemon.replica is not None and daemon.replica.connected) or daemon.task.done(),  # type: ignore[attr-defined]
-        what="replica connected",
-    )
-    if daemon.task.done():  # type: ignore[attr-defined]
-        daemon.task.result()  # type: ignore[attr-defined]
-    return daemon
-
-
-async def stop_daemon(daemon: Daemon) -> None:
-    daemon.stop()
-    await asyncio.wait_for(daemon.task, 10)  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -67,42 +47,6 @@ async def daemon(mariadb: PrivateMariaDB, replica_server_id: int) -> AsyncIterat
     d = await start_daemon(mariadb, replica_server_id)
     yield d
     await stop_daemon(d)
-
-
-async def subscriber(daemon: Daemon, *channels: str) -> aioredis.client.PubSub:
-    assert daemon.resp_address is not None
-    host, port = daemon.resp_address
-    client = aioredis.Redis(host=host, port=port)
-    pubsub = client.pubsub()
-    globs = [c for c in channels if "*" in c]
-    exact = [c for c in channels if c not in globs]
-    if exact:
-        await pubsub.subscribe(*exact)
-    if globs:
-        await pubsub.psubscribe(*globs)
-    for _ in channels:  # consume the confirmations
-        confirmation = await pubsub.get_message(timeout=5)
-        assert confirmation is not None and confirmation["type"] in ("subscribe", "psubscribe")
-    return pubsub
-
-
-async def receive(pubsub: aioredis.client.PubSub, count: int, timeout: float = 20) -> list[Any]:
-    events: list[Any] = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while len(events) < count:
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise AssertionError(f"got {len(events)} of {count} events: {events[-3:]}")
-        message = await pubsub.get_message(timeout=min(remaining, 1.0))
-        if message and message["type"] in ("message", "pmessage"):
-            events.append(json.loads(message["data"]))
-    return events
-
-
-async def assert_silent(pubsub: aioredis.client.PubSub, seconds: float = 0.5) -> None:
-    message = await pubsub.get_message(timeout=seconds)
-    assert message is None, f"unexpected message {message}"
 
 
 async def test_every_column_type_insert_update_delete(

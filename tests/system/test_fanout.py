@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from tests.system.test_end_to_end import start_daemon, stop_daemon
+from tests.system.daemons import start_daemon, stop_daemon
 from tidings.sandbox import PrivateMariaDB
 
 CLIENT = Path(__file__).with_name("fanout_client.py")

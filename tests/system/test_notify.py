@@ -19,7 +19,7 @@ from typing import Any
 import asyncmy
 import pytest
 
-from tests.system.test_end_to_end import (
+from tests.system.daemons import (
     assert_silent,
     receive,
     start_daemon,

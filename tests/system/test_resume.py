@@ -14,7 +14,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from tidings.config import Settings
+from tests.system.daemons import start_daemon, stop_daemon, wait_for
 from tidings.daemon import Daemon
 from tidings.hub import Hub
 from tidings.sandbox import PrivateMariaDB
@@ -22,36 +22,6 @@ from tidings.sandbox import PrivateMariaDB
 _dbs = itertools.count(1)
 ROWS = 50_000
 PER_TXN = 500
-
-
-async def wait_for(predicate: Any, timeout: float = 60.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def start_daemon(db: PrivateMariaDB, server_id: int, hub: Hub) -> Daemon:
-    daemon = Daemon(Settings(mysql=db.url(), resp="127.0.0.1:0", server_id=server_id), hub)
-    task = asyncio.ensure_future(daemon.run())
-    daemon.task = task  # type: ignore[attr-defined]
-    await wait_for(
-        lambda: (
-            (daemon.replica is not None and daemon.replica.connected and daemon.resp_address)
-            or task.done()
-        ),
-        what="replica connected and clients let in",
-    )
-    if task.done():
-        task.result()
-    return daemon
-
-
-async def stop_daemon(daemon: Daemon) -> None:
-    daemon.stop()
-    await asyncio.wait_for(daemon.task, 20)  # type: ignore[attr-defined]
 
 
 @pytest.fixture

@@ -16,8 +16,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from tests.system.test_resume import start_daemon, stop_daemon, wait_for
-from tidings.config import Settings
+from tests.system.daemons import start_daemon, stop_daemon, wait_for
 from tidings.daemon import Daemon
 from tidings.hub import Hub
 from tidings.sandbox import PrivateMariaDB
@@ -220,18 +219,7 @@ async def test_a_slow_reader_of_a_100k_row_snapshot_is_not_cut_off(
     rows = 100_000
     schema = make_schema(mariadb, rows)
     limit = 256 * 1024
-    settings = Settings(
-        mysql=mariadb.url(), resp="127.0.0.1:0", server_id=replica_server_id, output_limit=limit
-    )
-    daemon = Daemon(settings, Hub())
-    task = asyncio.ensure_future(daemon.run())
-    daemon.task = task  # type: ignore[attr-defined]
-    await wait_for(
-        lambda: (
-            bool(daemon.replica and daemon.replica.connected and daemon.resp_address) or task.done()
-        ),
-        what="daemon up",
-    )
+    daemon = await start_daemon(mariadb, replica_server_id, Hub(), output_limit=limit)
     try:
         assert daemon.resp is not None and daemon.resp_address is not None
         snapshots = daemon.resp.snapshots
