@@ -101,6 +101,14 @@ class Settings:
         "re-reading the binlog to refill history)",
         metavar="N",
     )
+    reread_concurrency: int = _opt(
+        2,
+        "with --state-dir, clients resuming from ids older than memory history are served "
+        "by re-reading the binlog from the mark index: at most this many re-reads at once "
+        "(the others wait), each as replica server_id --server-id + 1 + its slot (0: off, "
+        "such clients get a gap)",
+        metavar="N",
+    )
     history_events: int = _opt(
         _history.DEFAULT_EVENTS,
         "events kept in memory for clients resuming from an id (0: no history); with "
@@ -137,6 +145,8 @@ class Settings:
             )
         if self.checkpoint_interval < 0:
             raise ConfigError("checkpoint_interval must be >= 0 seconds")
+        if self.reread_concurrency < 0:
+            raise ConfigError("reread_concurrency must be >= 0")
         if self.mark_every < 1:
             raise ConfigError("mark_every must be >= 1")
         for name in ("history_events", "history_bytes", "history_channel_events",

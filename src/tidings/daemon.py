@@ -44,6 +44,7 @@ from tidings.state import (
     plan_start,
     read_server_facts,
 )
+from tidings.state.reread import Rereader
 from tidings.wire.resp_server import RespService, RespSettings
 from tidings.wire.snapshot_stream import SnapshotService
 
@@ -78,6 +79,8 @@ class Daemon:
         self.state: StateDir | None = None
         self.checkpoints: CheckpointWriter | None = None
         self.marks: MarkIndex | None = None
+        #: with --state-dir: serves resumes older than memory history from the binlog
+        self.rereader: Rereader | None = None
         #: how this run started (with --state-dir)
         self.plan: StartPlan | None = None
         #: events with smaller ids are history refills at start-up, not delivered live
@@ -136,6 +139,20 @@ class Daemon:
         if self.hub.next_id >= self.live_from:
             self.live.set()
         self._schema = SchemaLookup(url)
+        if self.marks is not None and s.reread_concurrency:
+            self.rereader = Rereader.for_mysql(
+                self.hub,
+                self.marks,
+                url,
+                server_id=s.server_id,
+                table_info=self._schema.table_info,
+                concurrency=s.reread_concurrency,
+                ddl=s.ddl_events,
+                outbox_schema=s.outbox_schema,
+                heartbeat=s.heartbeat,
+                names_from_binlog=not s.names_from_schema,
+            )
+            self.hub.reread = self.rereader
         self.replica = Replica(
             url,
             server_id=s.server_id,
@@ -383,6 +400,9 @@ class Daemon:
                     await purging
                 except Exception:
                     log.exception("the outbox purger failed while stopping")
+        if self.rereader is not None:
+            self.hub.reread = None
+            await self.rereader.close()
         if self.replica is not None:
             await self.replica.close()
         pump, self._pump_task = self._pump_task, None
