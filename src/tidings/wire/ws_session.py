@@ -1,0 +1,525 @@
+"""The WebSocket session: one `asyncio.Protocol` per browser or service, speaking JSON.
+
+Theory of operation. The HTTP listener (tidings.wire.http_server) parses
+`GET /ws` and calls `accept(request, transport, hub, service)`. A valid
+handshake gets a `WsConnection` (the listener switches the transport to it and
+feeds it any bytes read past the request); a bad one gets a complete HTTP
+error response to write. The connection queues the 101 response on its
+`Outbox` first, then runs the client's bytes through a `FrameParser`
+(tidings.wire.websocket) and each complete text message through the JSON
+protocol below. It is the hub's `Subscriber`: `deliver` fetches the event's
+WebSocket frame from `event.frame(TEXT_FRAME, encode_event)` -- one text frame
+whose payload is exactly the event JSON, built once per event and shared by
+every WebSocket subscriber -- and queues that bytes object.
+
+The protocol (client -> server, one JSON object per text message):
+
+    {"op":"subscribe","channel":"shop.orders?customer_id=eq.42"}   live from now
+    {"op":"subscribe","channel":"shop.orders","since":123}          resume after id 123
+    {"op":"unsubscribe","channel":"shop.orders"}
+    {"op":"ping"}
+
+and server -> client: `{"op":"subscribed","channel":...}` (before any of its
+events), `{"op":"unsubscribed","channel":...}`, `{"op":"pong"}`,
+`{"op":"error","message":...}` (invalid JSON, unknown op, bad channel or
+since; the connection stays up), and events: objects with no `op` key, the
+same JSON as on RESP. A resume goes through `hub.resume` and is paced by the
+outbox's room (`Replay.pump`), like RESP's TIDINGS.SUBSCRIBE.
+
+Ending. RFC violations fail the connection with their close code (1002, 1007,
+1009); a client whose pending output passes `output_limit` is cut by the
+outbox with a 1008 close frame carrying the reason. A server-initiated close
+writes the close frame and half-closes (write EOF), then waits up to
+`close_timeout` for the client's close frame or EOF before closing: a full
+close with the client's bytes unread would reset the connection and could
+destroy the close frame before the client reads it. Liveness: a WebSocket
+ping every `ping_interval` seconds; a client that has sent nothing (pong or
+otherwise) for a whole interval after one is closed with 1011.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Protocol, cast
+
+import orjson
+
+from tidings.event import Event
+from tidings.hub import Hub, Replay, ResumeError
+from tidings.hub.filtering import split
+from tidings.hub.filters import FilterError
+from tidings.hub.resume import check_since
+from tidings.wire import websocket as ws
+from tidings.wire.outbox import Flusher, Outbox
+
+__all__ = [
+    "TEXT_FRAME",
+    "UpgradeRequest",
+    "WsConnection",
+    "WsService",
+    "WsSettings",
+    "WsStats",
+    "accept",
+    "encode_event",
+]
+
+log = logging.getLogger("tidings.wire.ws")
+
+#: key into Event.frames for the WebSocket frame of an event
+TEXT_FRAME: Final = "ws:frame"
+
+_FAREWELL: Final = ws.close_frame(
+    ws.POLICY_VIOLATION, "output limit reached: this client read too slowly"
+)
+_PONG: Final = ws.text_frame(b'{"op":"pong"}')
+_PING_PAYLOAD: Final = b"tidings"
+
+
+def encode_event(event: Event) -> bytes:
+    """The event JSON in one text frame; a PUBLISHed payload that is not UTF-8 goes as a
+    binary frame (a text frame with it would make a browser fail the connection)."""
+    body = event.body
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return ws.encode_frame(ws.OP_BINARY, body)
+    return ws.text_frame(body)
+
+
+class UpgradeRequest(Protocol):
+    """What `accept` reads of http.py's `Request`."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+@dataclass(slots=True, frozen=True)
+class WsSettings:
+    #: largest message a client may send (all fragments); bigger: close 1009
+    max_message: int = ws.MAX_MESSAGE
+    #: pending output (queue + transport buffer) after which a client is cut off (1008)
+    output_limit: int = 1 << 20
+    #: seconds between server pings; a client silent for a whole interval after one is
+    #: closed (0: no pings)
+    ping_interval: float = 20.0
+    #: seconds a closing connection waits for the client's close frame
+    close_timeout: float = 5.0
+
+    @classmethod
+    def from_settings(cls, settings: object) -> WsSettings:
+        """From the daemon's `tidings.config.Settings` (fields it lacks keep defaults)."""
+        return cls(
+            max_message=int(getattr(settings, "ws_max_message", ws.MAX_MESSAGE)),
+            output_limit=int(getattr(settings, "output_limit", 1 << 20)),
+            ping_interval=float(getattr(settings, "ws_ping_interval", 20.0)),
+        )
+
+
+@dataclass(slots=True)
+class WsStats:
+    """Counters for metrics; the slow-consumer count lives in `flusher.stats`."""
+
+    connections_total: int = 0
+    handshakes_refused: int = 0
+    messages_in: int = 0
+    protocol_errors: int = 0
+    ping_timeouts: int = 0
+
+
+class WsService:
+    """The WebSocket endpoint: settings, open connections, counters, output flusher."""
+
+    def __init__(self, hub: Hub, settings: WsSettings | None = None) -> None:
+        self.hub = hub
+        self.settings = settings or WsSettings()
+        self.connections: dict[WsConnection, None] = {}
+        self.stats = WsStats()
+        self._flusher: Flusher | None = None
+        self._ids = itertools.count(1)
+
+    @property
+    def flusher(self) -> Flusher:
+        if self._flusher is None:
+            self._flusher = Flusher(asyncio.get_running_loop())
+        return self._flusher
+
+    @property
+    def slow_consumers_cut(self) -> int:
+        return self._flusher.stats.slow_consumers_cut if self._flusher else 0
+
+    def accept(
+        self, request: UpgradeRequest, transport: asyncio.BaseTransport
+    ) -> WsConnection | bytes:
+        """The session for a valid handshake, else a complete HTTP error response."""
+        try:
+            accept_value = ws.check_handshake(request.method, request.headers)
+        except ws.HandshakeError as exc:
+            self.stats.handshakes_refused += 1
+            return ws.reject_response(exc)
+        self.stats.connections_total += 1
+        return WsConnection(
+            self, next(self._ids), ws.handshake_response(accept_value), request.headers
+        )
+
+    def close_clients(self) -> None:
+        """Close every session with 1001 (going away)."""
+        for conn in list(self.connections):
+            conn.close(ws.GOING_AWAY, "server shutting down")
+
+    def _forget(self, conn: WsConnection) -> None:
+        self.connections.pop(conn, None)
+
+
+# the services made for callers that pass plain settings: one per hub (and event loop)
+_services: dict[int, WsService] = {}
+
+
+def accept(
+    request: UpgradeRequest,
+    transport: asyncio.BaseTransport,
+    hub: Hub,
+    settings: WsService | WsSettings | object,
+) -> asyncio.Protocol | bytes:
+    """The agreed hand-off from the HTTP listener (see the module docstring).
+
+    Pass a `WsService` (one per listener: it holds the registry and counters); a
+    `WsSettings` or the daemon's `Settings` gets a shared service per hub instead.
+    """
+    if isinstance(settings, WsService):
+        return settings.accept(request, transport)
+    service = _services.get(id(hub))
+    loop = asyncio.get_running_loop()
+    if service is None or service.hub is not hub or service.flusher.loop is not loop:
+        ws_settings = (
+            settings if isinstance(settings, WsSettings) else WsSettings.from_settings(settings)
+        )
+        service = _services[id(hub)] = WsService(hub, ws_settings)
+    return service.accept(request, transport)
+
+
+class WsConnection(asyncio.Protocol):
+    """One WebSocket client. Also the hub's `Subscriber`: see `deliver`."""
+
+    __slots__ = (
+        "_closing",
+        "_heard",
+        "_ping_timer",
+        "_pump_pending",
+        "_read_paused",
+        "_replays",
+        "_response",
+        "_write",
+        "channels",
+        "hub",
+        "id",
+        "origin",
+        "outbox",
+        "parser",
+        "peer",
+        "service",
+        "settings",
+        "transport",
+    )
+
+    transport: asyncio.Transport
+    outbox: Outbox
+
+    def __init__(
+        self, service: WsService, conn_id: int, response: bytes, headers: Mapping[str, str]
+    ) -> None:
+        self.service = service
+        self.hub = service.hub
+        self.settings = s = service.settings
+        self.id = conn_id
+        self._response = response
+        #: the Origin header as sent (browsers send it; an allow-list is for later)
+        self.origin = headers.get("origin")
+        self.parser = ws.FrameParser(s.max_message)
+        self.peer = "?"
+        self.channels: dict[str, None] = {}
+        self._replays: list[Replay] = []
+        self._pump_pending = False
+        self._read_paused = False
+        #: None while open; "closing" once our close frame is out; "closed" at the end
+        self._closing: str | None = None
+        self._heard = True  # the client sent something since the last ping
+        self._ping_timer: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"<WsConnection id={self.id} addr={self.peer}>"
+
+    # -- the hub's side (hot path) ---------------------------------------------------------
+    def deliver(self, event: Event, pattern: str | None) -> None:
+        data = event.frames.get(TEXT_FRAME)
+        if data is None:
+            data = event.frame(TEXT_FRAME, encode_event)
+        self._write(data)
+
+    def replay_wake(self, replay: Replay) -> None:
+        """A replay's binlog re-read has more: pump again."""
+        if self._replays and not self._pump_pending:
+            self._pump_replays()
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = f"{peer[0]}:{peer[1]}"
+        self.outbox = Outbox(
+            transport,
+            self.service.flusher,
+            self.settings.output_limit,
+            farewell=_FAREWELL,
+            name=f"ws id={self.id} addr={self.peer}",
+            logger=log,
+            on_cut=self._cut,
+        )
+        self._write = self.outbox.write
+        self.service.connections[self] = None
+        high = self.settings.output_limit // 4
+        if high < transport.get_write_buffer_limits()[1]:
+            transport.set_write_buffer_limits(high=high)
+        self._write(self._response)
+        if self.settings.ping_interval > 0:
+            loop = self.service.flusher.loop
+            self._ping_timer = loop.call_later(self.settings.ping_interval, self._ping)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing is not None:
+            if self._closing == "closing":
+                self._drain_closing(data)
+            return
+        self._heard = True
+        parser = self.parser
+        parser.feed(data)
+        try:
+            while self._closing is None and (event := parser.next_event()) is not None:
+                self._handle(event)
+        except ws.ProtocolError as exc:
+            self.service.stats.protocol_errors += 1
+            log.info("ws client id=%d addr=%s: %s; closing", self.id, self.peer, exc.reason)
+            self.close(exc.code, exc.reason)
+            return
+        except Exception:
+            log.exception("ws client id=%d addr=%s: message failed; closing", self.id, self.peer)
+            self.close(ws.INTERNAL_ERROR, "internal error")
+            return
+        if self.outbox.paused and self._closing is None and not self._read_paused:
+            # a client that sends faster than it reads its replies waits for the kernel
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def _drain_closing(self, data: bytes) -> None:
+        """Closing: wait for the client's close frame (whatever else it sends is dropped)."""
+        with contextlib.suppress(ws.ProtocolError):
+            self.parser.feed(data)
+            while (event := self.parser.next_event()) is not None:
+                if isinstance(event, ws.Close):
+                    self._finish()
+                    return
+        if self.parser.buffered > 2 * self.settings.max_message:
+            self._finish()
+
+    def eof_received(self) -> bool:
+        if self._closing is None:
+            self._leave()
+        self._finish()
+        return True
+
+    def pause_writing(self) -> None:
+        self.outbox.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.outbox.resume_writing()
+        if self._read_paused and self._closing is None:
+            self._read_paused = False
+            self.transport.resume_reading()
+        if self._replays:
+            self._pump_replays()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self._closing is None:
+            log.info("ws client id=%d addr=%s: connection lost: %r", self.id, self.peer, exc)
+        self._closing = "closed"
+        self.outbox.lost()
+        self._leave()
+        self.service._forget(self)
+
+    # -- ending ------------------------------------------------------------------------------
+    def close(self, code: int = ws.NORMAL, reason: str = "") -> None:
+        """Start the closing handshake: close frame, write EOF, wait for the client's."""
+        if self._closing is not None:
+            return
+        self._closing = "closing"
+        self._leave()
+        # what is buffered may be a broken frame: read the client's close reply afresh
+        self.parser = ws.FrameParser(self.settings.max_message)
+        outbox = self.outbox
+        outbox.write(ws.close_frame(code, reason))
+        transport = self.transport
+        if outbox.closed or outbox.paused or not transport.can_write_eof():
+            outbox.close(self.settings.close_timeout)
+            return
+        outbox.flush()
+        try:
+            transport.write_eof()  # after what is buffered: the client sees the frame, then EOF
+        except OSError:  # the peer is gone already
+            transport.abort()
+            return
+        loop = self.service.flusher.loop
+        self._ping_timer = loop.call_later(self.settings.close_timeout, transport.abort)
+
+    def _finish(self) -> None:
+        """The closing handshake is over (or the client left): close the transport."""
+        if self._closing == "closed":
+            return
+        self._closing = "closed"
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
+        self.outbox.close(self.settings.close_timeout)  # sends what is queued first
+        self.transport.close()
+
+    def _cut(self) -> None:
+        """The outbox cut this slow consumer off (it wrote the 1008 close frame)."""
+        self._closing = "closed"
+        self._leave()
+
+    def _leave(self) -> None:
+        """Nothing more will be delivered: leave the hub, stop pinging."""
+        for replay in self._replays:
+            replay.cancel()
+        self._replays = []
+        for channel in self.channels:
+            self.hub.unsubscribe(self, channel)
+        self.channels = {}
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
+
+    def _ping(self) -> None:
+        self._ping_timer = None
+        if self._closing is not None:
+            return
+        if not self._heard:
+            self.service.stats.ping_timeouts += 1
+            log.info("ws client id=%d addr=%s: no pong in time; closing", self.id, self.peer)
+            self.close(ws.INTERNAL_ERROR, "keepalive ping timeout")
+            return
+        self._heard = False
+        self._write(ws.encode_frame(ws.OP_PING, _PING_PAYLOAD))
+        loop = self.service.flusher.loop
+        self._ping_timer = loop.call_later(self.settings.ping_interval, self._ping)
+
+    # -- frames and messages -----------------------------------------------------------------
+    def _handle(self, event: ws.Event) -> None:
+        if isinstance(event, ws.Message):
+            self.service.stats.messages_in += 1
+            self._message(event)
+        elif isinstance(event, ws.Ping):
+            self._write(ws.encode_frame(ws.OP_PONG, event.data))
+        elif isinstance(event, ws.Close):
+            # the client's close: answer with its code (none: none) and end
+            self._closing = "closing"
+            self._leave()
+            if event.code == ws.NO_STATUS:
+                self._write(ws.encode_frame(ws.OP_CLOSE, b""))
+            else:
+                self._write(ws.close_frame(event.code))
+            self._finish()
+        # a Pong only proves liveness, which data_received noted
+
+    def _reply(self, message: dict[str, Any]) -> None:
+        self._write(ws.text_frame(orjson.dumps(message)))
+
+    def _error(self, message: str) -> None:
+        self._reply({"op": "error", "message": message})
+
+    def _message(self, message: ws.Message) -> None:
+        if not message.text:
+            self._error("binary messages are not understood: send JSON in text messages")
+            return
+        try:
+            request = orjson.loads(message.data)
+        except orjson.JSONDecodeError as exc:
+            self._error(f"invalid JSON: {exc}")
+            return
+        if not isinstance(request, dict):
+            self._error('expected a JSON object such as {"op":"subscribe","channel":"db.table"}')
+            return
+        op = request.get("op")
+        if op == "subscribe":
+            self._op_subscribe(request)
+        elif op == "unsubscribe":
+            self._op_unsubscribe(request)
+        elif op == "ping":
+            self._write(_PONG)
+        else:
+            self._error(f"unknown op {op!r}: use subscribe, unsubscribe or ping")
+
+    def _channel(self, request: Mapping[str, Any]) -> str | None:
+        channel = request.get("channel")
+        if not isinstance(channel, str) or not channel:
+            self._error('"channel" must be a non-empty string such as "shop.orders"')
+            return None
+        return channel
+
+    def _op_subscribe(self, request: Mapping[str, Any]) -> None:
+        channel = self._channel(request)
+        if channel is None:
+            return
+        since = request.get("since")
+        if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
+            self._error('"since" must be an integer event id')
+            return
+        try:
+            split(channel)
+            if since is not None:
+                check_since(since, self.hub.next_id)
+        except (FilterError, ResumeError) as exc:
+            self._reply({"op": "error", "message": str(exc), "channel": channel})
+            return
+        self._reply({"op": "subscribed", "channel": channel})
+        if channel in self.channels:
+            return  # its events flow already: replaying them would repeat
+        self.channels[channel] = None
+        if since is None:
+            self.hub.subscribe(self, channel)
+            return
+        self._replays.append(self.hub.resume(self, since, channels=[channel]))
+        if len(self._replays) == 1:
+            self._pump_replays()
+
+    def _op_unsubscribe(self, request: Mapping[str, Any]) -> None:
+        channel = self._channel(request)
+        if channel is None:
+            return
+        if channel in self.channels:
+            del self.channels[channel]
+            self.hub.unsubscribe(self, channel)
+            for replay in self._replays:
+                replay.discard(channel)
+        self._reply({"op": "unsubscribed", "channel": channel})
+
+    def _pump_replays(self) -> None:
+        """Feed replays as much history as the output has room for; come back when it
+        drains (`resume_writing`), when a re-read has more (`replay_wake`), or next turn."""
+        self._pump_pending = False
+        replays = self._replays
+        outbox = self.outbox
+        while replays and self._closing is None:
+            room = outbox.room()
+            head = replays[0]
+            if room <= 0 or not head.pump(room):
+                if not outbox.paused and not self._pump_pending and not head.waiting:
+                    self._pump_pending = True
+                    self.service.flusher.loop.call_soon(self._pump_replays)
+                return
+            replays.pop(0)
