@@ -202,6 +202,16 @@ def test_invalid_utf8_in_a_fragment_fails_before_the_message_ends() -> None:
     assert caught.value.code == 1007
 
 
+def test_empty_fragments_hold_no_memory() -> None:
+    parser = FrameParser()
+    parser.feed(mask_frame(ws.OP_TEXT, b"a", MASK, fin=False))
+    parser.feed(mask_frame(ws.OP_CONT, b"", MASK, fin=False) * 10000)
+    assert parser.next_event() is None
+    assert len(parser._fragments) == 1 and parser.buffered == 0
+    parser.feed(mask_frame(ws.OP_CONT, b"b", MASK))
+    assert parser.events() == [Message(b"ab", True)]
+
+
 def test_a_character_split_across_fragments_is_fine() -> None:
     euro = "€".encode()
     data = mask_frame(ws.OP_TEXT, euro[:1], MASK, fin=False) + mask_frame(

@@ -385,8 +385,9 @@ class FrameParser:
                 decoder.decode(payload, final=bool(fin))
             except UnicodeDecodeError:
                 raise ProtocolError(INVALID_DATA, "text message is not valid UTF-8") from None
-        self._fragments.append(payload)
-        self._size += len(payload)
+        if payload:  # empty fragments are legal: do not let them grow the list unbounded
+            self._fragments.append(payload)
+            self._size += len(payload)
         if not fin:
             return None
         message = Message(b"".join(self._fragments), self._opcode == OP_TEXT)
