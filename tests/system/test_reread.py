@@ -78,7 +78,8 @@ async def test_a_resume_older_than_history_is_served_from_the_binlog_until_purge
     )
     hub = daemon.hub
     try:
-        assert daemon.rereader is not None and hub.reread is daemon.rereader
+        rereader = daemon.rereader
+        assert rereader is not None and hub.reread is rereader
         client, pubsub = await resume(daemon, hub.next_id - 1, channel)
         await asyncio.to_thread(mariadb.sql, bulk_writes(schema, 3 * PER_TXN), schema)
         before = await messages(pubsub, 2 * PER_TXN + 17)
@@ -104,13 +105,13 @@ async def test_a_resume_older_than_history_is_served_from_the_binlog_until_purge
         ids = [e["id"] for e in events]
         assert ids == sorted(set(ids)) and after[0]["id"] == last_id + 1
         assert all(e["type"] == "insert" and e["channel"] == channel for e in events)
-        assert daemon.rereader.started == 1
+        assert rereader.started == 1
         # the re-read's connection is closed once it handed over to memory
-        await wait_for(lambda: not daemon.rereader.feeds, what="the re-read closed")
+        await wait_for(lambda: not rereader.feeds, what="the re-read closed")
         await pubsub.aclose()
 
         # the binlog is purged past its id: a gap, never a silent skip
-        mark = daemon.rereader.mark_for(last_id)
+        mark = rereader.mark_for(last_id)
         assert mark is not None
         mariadb.sql("FLUSH BINARY LOGS")
         newest = mariadb.sql("SHOW BINARY LOGS").split()[-2]
@@ -125,7 +126,7 @@ async def test_a_resume_older_than_history_is_served_from_the_binlog_until_purge
         assert gap["type"] == "gap" and gap["since"] == last_id and gap["epoch"] == hub.epoch
         assert gap["oldest"] == kept[0]["id"] == hub.history.first_after(channel, 0)
         assert [e["id"] for e in kept] == list(range(gap["oldest"], gap["oldest"] + 5))
-        assert daemon.rereader.started == 2
+        assert rereader.started == 2
         await pubsub.aclose()
         await client.aclose()
     finally:
