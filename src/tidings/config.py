@@ -59,6 +59,21 @@ class Settings:
         metavar="HOST:PORT",
     )
     allow_publish: bool = _opt(False, "accept PUBLISH from clients (off by default)")
+    # off by default until every test that starts a daemon passes http= (see docs/reference/http.md)
+    http: str = _opt(
+        "",
+        "HOST:PORT for the HTTP listener, e.g. 127.0.0.1:8080: Server-Sent Events (/sse), "
+        "WebSocket (/ws), /healthz, /metrics, /channels, POST /publish (empty: off)",
+        metavar="HOST:PORT",
+    )
+    sse_heartbeat: float = _opt(
+        15.0, "seconds between comment heartbeats on SSE streams (0: none)", metavar="S"
+    )
+    health_max_lag: float = _opt(
+        10.0,
+        "GET /healthz answers 503 while the binlog stream is more than this many seconds behind",
+        metavar="S",
+    )
     max_bulk: int = _opt(
         64 * 1024, "largest bulk string a client may send (bytes; k/M suffix ok)", kind="size"
     )
@@ -133,6 +148,10 @@ class Settings:
     def __post_init__(self) -> None:
         if self.resp:
             parse_hostport(self.resp)
+        if self.http:
+            parse_hostport(self.http)
+        if self.sse_heartbeat < 0 or self.health_max_lag <= 0:
+            raise ConfigError("sse_heartbeat must be >= 0 and health_max_lag > 0 seconds")
         if not 1 <= self.server_id < 2**32:
             raise ConfigError(f"server_id must be between 1 and 4294967295, not {self.server_id}")
         if self.max_bulk < 1 or self.output_limit < 1024:

@@ -45,8 +45,10 @@ from tidings.state import (
     read_server_facts,
 )
 from tidings.state.reread import Rereader
+from tidings.wire.http_server import HttpService, HttpSettings
 from tidings.wire.resp_server import RespService, RespSettings
 from tidings.wire.snapshot_stream import SnapshotService
+from tidings.wire.ws_session import WsService, WsSettings
 
 log = logging.getLogger("tidings.daemon")
 
@@ -75,6 +77,8 @@ class Daemon:
         self.replica: Replica | None = None
         self.resp: RespService | None = None
         self.resp_address: tuple[str, int] | None = None
+        self.http: HttpService | None = None
+        self.http_address: tuple[str, int] | None = None
         #: with --state-dir: the directory, its checkpoint writer and mark index
         self.state: StateDir | None = None
         self.checkpoints: CheckpointWriter | None = None
@@ -112,6 +116,21 @@ class Daemon:
                     allow_publish=s.allow_publish, max_bulk=s.max_bulk, output_limit=s.output_limit
                 ),
             )
+        if s.http:
+            self.http = HttpService(
+                self.hub,
+                HttpSettings(
+                    allow_publish=s.allow_publish,
+                    output_limit=s.output_limit,
+                    sse_heartbeat=s.sse_heartbeat,
+                    health_max_lag=s.health_max_lag,
+                    max_publish=s.max_bulk,
+                ),
+                has_source=bool(s.mysql),
+                resp=self.resp,
+            )
+            # /ws sessions: one service, so /metrics counts them and stop() closes them
+            self.http.websocket = WsService(self.hub, WsSettings.from_settings(s))
         if not s.mysql:
             self._new_epoch_in_memory()
             if s.state_dir:
@@ -122,10 +141,13 @@ class Daemon:
         url = MySQLURL.parse(s.mysql)
         self.outbox = Outbox(s.outbox_schema)
         self.purger = OutboxPurger(url, self.outbox)
-        if self.resp is not None and s.allow_publish:
+        if (self.resp is not None or self.http is not None) and s.allow_publish:
             # PUBLISH goes through the outbox table so its id comes from the binlog
             self.publisher = OutboxPublisher(url, self.outbox)
-            self.resp.publisher = self.publisher.publish
+            if self.resp is not None:
+                self.resp.publisher = self.publisher.publish
+            if self.http is not None:
+                self.http.publisher = self.publisher.publish
         if self.resp is not None:
             # TIDINGS.SNAPSHOT: each snapshot on its own connection (tidings.wire.snapshot_stream)
             self.resp.snapshots = SnapshotService.for_mysql(self.hub, url, origin=self._origin)
@@ -161,6 +183,8 @@ class Daemon:
             heartbeat=s.heartbeat,
             names_from_binlog=not s.names_from_schema,
         )
+        if self.http is not None:
+            self.http.source = self.replica  # for /healthz and /metrics
         log.info("reading the binlog of %s as replica server_id=%d", url.redacted(), s.server_id)
 
     async def listen(self) -> None:
@@ -174,6 +198,11 @@ class Daemon:
             server = await self.resp.start(host, port)
             self.resp_address = server.sockets[0].getsockname()[:2]
             log.info("RESP (Redis pub/sub protocol) on %s:%d", *self.resp_address)
+        if self.http is not None:
+            host, port = parse_hostport(s.http)
+            server = await self.http.start(host, port)
+            self.http_address = server.sockets[0].getsockname()[:2]
+            log.info("HTTP (SSE, WebSocket, API) on http://%s:%d/", *self.http_address)
         log.info(
             "descriptor limit %d: room for about %d client connections", capacity, capacity - 50
         )
@@ -431,6 +460,8 @@ class Daemon:
             self.state.close()
         if self._schema is not None:
             await self._schema.close()
+        if self.http is not None:
+            await self.http.close()
         if self.resp is not None:
             await self.resp.close()
             if self.resp.snapshots is not None:

@@ -266,6 +266,9 @@ async def test_keep_alive_pipelining_404_405_and_head(server: Server) -> None:
     assert status == 405 and headers["allow"] == "GET"
     head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
     assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 28" in head
+    client.send(b"HEAD /sse?channel=t HTTP/1.1\r\nHost: t\r\n\r\n")  # no stream: 405
+    head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    assert head.startswith(b"HTTP/1.1 405") and b"Allow: GET\r\n" in head
     status, headers, _ = await client.get("/healthz", "Connection: close\r\n")
     assert status == 200 and headers["connection"] == "close"
     assert await client.closed() == b""

@@ -323,7 +323,7 @@ class HttpConnection(asyncio.Protocol):
             self.respond_error(404, f"no such resource: {request.path}", keep_alive=True)
             return
         handler = methods.get(request.method)
-        if handler is None and request.method == "HEAD":
+        if handler is None and request.method == "HEAD" and request.path not in _NO_HEAD:
             handler = methods.get("GET")
         if handler is None:
             allow = ", ".join(methods)
@@ -523,6 +523,8 @@ class HttpConnection(asyncio.Protocol):
             proto.data_received(rest)
 
 
+#: GET routes that HEAD does not mirror (they start a stream or a protocol switch)
+_NO_HEAD: Final = frozenset(("/sse", "/ws"))
 H = HttpConnection
 #: path -> method -> handler
 ROUTES: Final[dict[str, dict[str, Handler]]] = {
@@ -834,6 +836,8 @@ class HttpService:
             self._monitor.stop()
             self._monitor = None
         self.close_clients()
+        if self.websocket is not None:  # connections handed over at /ws
+            self.websocket.close_clients()
         if self.connections:
             self._drained = asyncio.get_running_loop().create_future()
             with contextlib.suppress(asyncio.TimeoutError):
