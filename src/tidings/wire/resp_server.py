@@ -553,8 +553,9 @@ class RespConnection(asyncio.Protocol):
             room = outbox.room()
             head = replays[0]
             if room <= 0 or not head.pump(room):
-                # a snapshot waiting for MySQL or the stream wakes us itself (snapshot_wake)
-                waiting = isinstance(head, SnapshotStream) and head.waiting
+                # a snapshot waiting for MySQL, or a replay waiting for a binlog re-read,
+                # wakes us itself (snapshot_wake / replay_wake): no polling meanwhile
+                waiting = getattr(head, "waiting", False)
                 if not outbox.paused and not self._pump_pending and not waiting:
                     # runs after the flush this iteration's writes scheduled
                     self._pump_pending = True
@@ -606,6 +607,10 @@ class RespConnection(asyncio.Protocol):
             self._pump_replays()
 
     def snapshot_wake(self, stream: SnapshotStream) -> None:
+        if not self._closed and self._replays:
+            self._pump_replays()
+
+    def replay_wake(self, replay: Replay) -> None:
         if not self._closed and self._replays:
             self._pump_replays()
 
