@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,9 @@ def test_start_positions() -> None:
     assert Position.parse(uuid_set) == Position("", 4, gtid=uuid_set)
     one = "3E11FA47-71CA-11E1-9E33-C80AA9429562:5"
     assert Position.parse(one) == Position("", 4, gtid=one)
+
+
+def test_every_setting_is_documented() -> None:
+    doc = (Path(__file__).parents[1] / "docs" / "reference" / "settings.md").read_text()
+    missing = [f.name for f in fields(Settings) if f"| `{f.name}` |" not in doc]
+    assert not missing, f"docs/reference/settings.md lacks {missing}"
