@@ -53,7 +53,7 @@ from tidings.hub.filters import FilterError
 from tidings.hub.resume import check_since
 from tidings.wire import http
 from tidings.wire.http import HttpError, Request, RequestParser
-from tidings.wire.outbox import Flusher, Outbox
+from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
 
 __all__ = [
     "SSE_KEY",
@@ -217,10 +217,8 @@ class HttpConnection(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            self.peer = f"{peer[0]}:{peer[1]}"
-        self.outbox = Outbox(
+        self.peer = peer_name(transport)
+        self.outbox = open_outbox(
             transport,
             self.service.flusher,
             self.settings.output_limit,
@@ -231,10 +229,6 @@ class HttpConnection(asyncio.Protocol):
         )
         self._write = self.outbox.write
         self.service.connections[self] = None
-        # a replay waits for the transport to resume: it must pause well below the limit
-        high = self.settings.output_limit // 4
-        if high < transport.get_write_buffer_limits()[1]:
-            transport.set_write_buffer_limits(high=high)
 
     def data_received(self, data: bytes) -> None:
         if self._closed or self.sse:

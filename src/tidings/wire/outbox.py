@@ -33,7 +33,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["EARLY_FLUSH", "Flusher", "Outbox", "OutboxStats"]
+__all__ = ["EARLY_FLUSH", "Flusher", "Outbox", "OutboxStats", "open_outbox", "peer_name"]
 
 #: queue size at which an outbox writes to its transport without waiting for the flush callback
 EARLY_FLUSH = 64 * 1024
@@ -303,3 +303,35 @@ class Outbox:
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
+
+
+def peer_name(transport: asyncio.BaseTransport) -> str:
+    """`host:port` of the client, for logs."""
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return "?"
+
+
+def open_outbox(
+    transport: asyncio.Transport,
+    flusher: Flusher,
+    limit: int,
+    *,
+    farewell: bytes,
+    name: str,
+    logger: logging.Logger,
+    on_cut: Callable[[], None],
+) -> Outbox:
+    """The outbox of a new connection, whatever its protocol.
+
+    A replay (resume) waits for the transport to resume writing before it sends
+    more; with a small output limit the transport must pause well below it, or
+    "not paused" would not mean "room".
+    """
+    high = limit // 4
+    if high < transport.get_write_buffer_limits()[1]:
+        transport.set_write_buffer_limits(high=high)
+    return Outbox(
+        transport, flusher, limit, farewell=farewell, name=name, logger=logger, on_cut=on_cut
+    )

@@ -55,7 +55,7 @@ from tidings.hub.filtering import split
 from tidings.hub.filters import FilterError
 from tidings.hub.resume import check_since
 from tidings.wire import resp
-from tidings.wire.outbox import Flusher, Outbox
+from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
 from tidings.wire.snapshot_stream import SnapshotRequestError, SnapshotService, SnapshotStream
 
 __all__ = [
@@ -264,10 +264,8 @@ class RespConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods
         self.transport = transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            self.peer = f"{peer[0]}:{peer[1]}"
-        self.outbox = Outbox(
+        self.peer = peer_name(transport)
+        self.outbox = open_outbox(
             transport,
             self.service.flusher,
             self.settings.output_limit,
@@ -278,11 +276,6 @@ class RespConnection(asyncio.Protocol):
         )
         self._write = self.outbox.write
         self.service.connections[self] = None
-        # a replay waits for the transport to resume; with a small output limit the
-        # transport must pause well below it, or "not paused" would not mean "room"
-        high = self.settings.output_limit // 4
-        if high < transport.get_write_buffer_limits()[1]:
-            transport.set_write_buffer_limits(high=high)
 
     def data_received(self, data: bytes) -> None:
         if self._closed:

@@ -55,7 +55,7 @@ from tidings.hub.filtering import split
 from tidings.hub.filters import FilterError
 from tidings.hub.resume import check_since
 from tidings.wire import websocket as ws
-from tidings.wire.outbox import Flusher, Outbox
+from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
 
 __all__ = [
     "TEXT_FRAME",
@@ -269,10 +269,8 @@ class WsConnection(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            self.peer = f"{peer[0]}:{peer[1]}"
-        self.outbox = Outbox(
+        self.peer = peer_name(transport)
+        self.outbox = open_outbox(
             transport,
             self.service.flusher,
             self.settings.output_limit,
@@ -283,9 +281,6 @@ class WsConnection(asyncio.Protocol):
         )
         self._write = self.outbox.write
         self.service.connections[self] = None
-        high = self.settings.output_limit // 4
-        if high < transport.get_write_buffer_limits()[1]:
-            transport.set_write_buffer_limits(high=high)
         self._write(self._response)
         if self.settings.ping_interval > 0:
             loop = self.service.flusher.loop
