@@ -93,3 +93,14 @@ async def receive(pubsub: aioredis.client.PubSub, count: int, timeout: float = 2
 async def assert_silent(pubsub: aioredis.client.PubSub, seconds: float = 0.5) -> None:
     message = await pubsub.get_message(timeout=seconds)
     assert message is None, f"unexpected message {message}"
+
+
+def bulk_writes(schema: str, rows: int, first: int = 1, per_txn: int = 500) -> str:
+    """SQL for `rows` inserts into `schema`.t (n, v), `per_txn` rows a transaction, numbered
+    from `first` (MariaDB's sequence engine makes them without a client loop)."""
+    end = first + rows
+    return "".join(
+        f"INSERT INTO {schema}.t SELECT seq, CONCAT('row ', seq) "
+        f"FROM seq_{a}_to_{min(a + per_txn, end) - 1};"
+        for a in range(first, end, per_txn)
+    )

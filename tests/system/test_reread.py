@@ -12,39 +12,15 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 
-from tests.system.daemons import start_daemon, stop_daemon, wait_for
+from tests.system.daemons import bulk_writes, receive, start_daemon, stop_daemon, wait_for
 from tidings.daemon import Daemon
 from tidings.sandbox import PrivateMariaDB
 
 _dbs = itertools.count(1)
 ROWS = 20_000
 PER_TXN = 100
-
-
-def bulk_writes(schema: str, rows: int, first: int = 1) -> str:
-    end = first + rows
-    return "".join(
-        f"INSERT INTO {schema}.t SELECT seq, CONCAT('row ', seq) "
-        f"FROM seq_{a}_to_{min(a + PER_TXN, end) - 1};"
-        for a in range(first, end, PER_TXN)
-    )
-
-
-async def messages(pubsub: Any, count: int, timeout: float = 120) -> list[dict[str, Any]]:
-    got: list[dict[str, Any]] = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while len(got) < count:
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise AssertionError(f"got {len(got)} of {count} messages; last {got[-1:]}")
-        message = await pubsub.get_message(timeout=min(remaining, 1.0))
-        if message and message["type"] == "message":
-            got.append(orjson.loads(message["data"]))
-    return got
 
 
 async def resume(daemon: Daemon, since: int, channel: str) -> tuple[aioredis.Redis, Any]:
@@ -81,13 +57,15 @@ async def test_a_resume_older_than_history_is_served_from_the_binlog_until_purge
         rereader = daemon.rereader
         assert rereader is not None and hub.reread is rereader
         client, pubsub = await resume(daemon, hub.next_id - 1, channel)
-        await asyncio.to_thread(mariadb.sql, bulk_writes(schema, 3 * PER_TXN), schema)
-        before = await messages(pubsub, 2 * PER_TXN + 17)
+        await asyncio.to_thread(
+            mariadb.sql, bulk_writes(schema, 3 * PER_TXN, per_txn=PER_TXN), schema
+        )
+        before = await receive(pubsub, timeout=120, count=2 * PER_TXN + 17)
         last_id = before[-1]["id"]
         await pubsub.aclose()
         await client.aclose()
 
-        rest = bulk_writes(schema, ROWS - 3 * PER_TXN, first=3 * PER_TXN + 1)
+        rest = bulk_writes(schema, ROWS - 3 * PER_TXN, first=3 * PER_TXN + 1, per_txn=PER_TXN)
         await asyncio.to_thread(mariadb.sql, rest + f"INSERT INTO {schema}.done VALUES (1)", schema)
         await wait_for(lambda: f"{schema}.done" in hub.history.channels, what="writes published")
         oldest_in_memory = hub.history.first_after(channel, 0)
@@ -95,9 +73,11 @@ async def test_a_resume_older_than_history_is_served_from_the_binlog_until_purge
 
         # back with the last id: the old ones from the binlog, then memory, then live
         client, pubsub = await resume(daemon, last_id, channel)
-        after = await messages(pubsub, ROWS - len(before))
-        await asyncio.to_thread(mariadb.sql, bulk_writes(schema, 3, first=ROWS + 1), schema)
-        live = await messages(pubsub, 3)
+        after = await receive(pubsub, timeout=120, count=ROWS - len(before))
+        await asyncio.to_thread(
+            mariadb.sql, bulk_writes(schema, 3, first=ROWS + 1, per_txn=PER_TXN), schema
+        )
+        live = await receive(pubsub, timeout=120, count=3)
         assert await pubsub.get_message(timeout=0.3) is None  # nothing more
 
         events = before + after + live
@@ -122,7 +102,7 @@ async def test_a_resume_older_than_history_is_served_from_the_binlog_until_purge
             assert asyncio.get_running_loop().time() < deadline, "purge"
             await asyncio.sleep(0.05)  # a dump thread may still hold the file
         pubsub = (await resume(daemon, last_id, channel))[1]
-        gap, *kept = await messages(pubsub, 1 + 5)
+        gap, *kept = await receive(pubsub, timeout=120, count=1 + 5)
         assert gap["type"] == "gap" and gap["since"] == last_id and gap["epoch"] == hub.epoch
         assert gap["oldest"] == kept[0]["id"] == hub.history.first_after(channel, 0)
         assert [e["id"] for e in kept] == list(range(gap["oldest"], gap["oldest"] + 5))

@@ -10,11 +10,10 @@ import asyncio
 import itertools
 from typing import Any
 
-import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from tests.system.daemons import start_daemon, stop_daemon, wait_for
+from tests.system.daemons import bulk_writes, receive, start_daemon, stop_daemon, wait_for
 from tidings.daemon import Daemon
 from tidings.hub import Hub
 from tidings.sandbox import PrivateMariaDB
@@ -34,36 +33,11 @@ def schema(mariadb: PrivateMariaDB) -> str:
     return name
 
 
-def bulk_writes(schema: str, rows: int, first: int = 1) -> str:
-    """`rows` inserts in transactions of PER_TXN rows (MariaDB's sequence engine)."""
-    end = first + rows
-    return "".join(
-        f"INSERT INTO {schema}.t SELECT seq, CONCAT('row ', seq) "
-        f"FROM seq_{a}_to_{min(a + PER_TXN, end) - 1};"
-        for a in range(first, end, PER_TXN)
-    )
-
-
 async def connect(daemon: Daemon) -> tuple[aioredis.Redis, Any]:
     assert daemon.resp_address is not None
     host, port = daemon.resp_address
     client = aioredis.Redis(host=host, port=port)
     return client, client.pubsub()
-
-
-async def messages(pubsub: Any, count: int, timeout: float = 120) -> list[dict[str, Any]]:
-    """The next `count` pub/sub messages (bodies parsed), skipping confirmations."""
-    got: list[dict[str, Any]] = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while len(got) < count:
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise AssertionError(f"got {len(got)} of {count} messages; last {got[-1:]}")
-        message = await pubsub.get_message(timeout=min(remaining, 1.0))
-        if message and message["type"] == "message":
-            got.append(orjson.loads(message["data"]))
-    return got
 
 
 async def test_a_subscriber_away_during_50k_writes_resumes_with_every_event_once_in_order(
@@ -78,12 +52,12 @@ async def test_a_subscriber_away_during_50k_writes_resumes_with_every_event_once
         # the first 5 transactions while subscribed; it leaves after reading 3 and a bit,
         # and the other 95 are written while it is away
         first = 5 * PER_TXN
-        await asyncio.to_thread(mariadb.sql, bulk_writes(schema, first), schema)
-        before = await messages(pubsub, 3 * PER_TXN + 17)
+        await asyncio.to_thread(mariadb.sql, bulk_writes(schema, first, per_txn=PER_TXN), schema)
+        before = await receive(pubsub, timeout=120, count=3 * PER_TXN + 17)
         last_id = before[-1]["id"]
         await pubsub.aclose()
         await client.aclose()
-        rest = bulk_writes(schema, ROWS - first, first=first + 1)
+        rest = bulk_writes(schema, ROWS - first, first=first + 1, per_txn=PER_TXN)
         await asyncio.to_thread(mariadb.sql, rest + f"INSERT INTO {schema}.done VALUES (1)", schema)
         await wait_for(
             lambda: f"{schema}.done" in hub.history.channels, what="all writes published"
@@ -94,10 +68,12 @@ async def test_a_subscriber_away_during_50k_writes_resumes_with_every_event_once
         await pubsub.execute_command("TIDINGS.SUBSCRIBE", last_id, channel)
         confirmation = await pubsub.get_message(timeout=10)
         assert confirmation is not None and confirmation["type"] == "subscribe"
-        after = await messages(pubsub, ROWS - len(before))
+        after = await receive(pubsub, timeout=120, count=ROWS - len(before))
         # then live, across the seam
-        await asyncio.to_thread(mariadb.sql, bulk_writes(schema, 3, first=ROWS + 1), schema)
-        live = await messages(pubsub, 3)
+        await asyncio.to_thread(
+            mariadb.sql, bulk_writes(schema, 3, first=ROWS + 1, per_txn=PER_TXN), schema
+        )
+        live = await receive(pubsub, timeout=120, count=3)
         assert await pubsub.get_message(timeout=0.3) is None  # and nothing more
 
         events = before + after + live
@@ -121,8 +97,10 @@ async def test_an_id_older_than_history_gets_a_gap_never_a_silent_skip(
     try:
         client, pubsub = await connect(daemon)
         await pubsub.subscribe(channel)
-        await asyncio.to_thread(mariadb.sql, bulk_writes(schema, 10 * PER_TXN), schema)
-        seen = await messages(pubsub, 10 * PER_TXN)
+        await asyncio.to_thread(
+            mariadb.sql, bulk_writes(schema, 10 * PER_TXN, per_txn=PER_TXN), schema
+        )
+        seen = await receive(pubsub, timeout=120, count=10 * PER_TXN)
         await pubsub.aclose()
         first_id, last_id = seen[0]["id"], seen[-1]["id"]
         retained = last_id - 999
@@ -130,7 +108,7 @@ async def test_an_id_older_than_history_gets_a_gap_never_a_silent_skip(
         # from the first id: 3,999 events after it are gone; one gap, then the 1,000 kept
         pubsub = client.pubsub()
         await pubsub.execute_command("TIDINGS.SUBSCRIBE", first_id, channel)
-        gap, *rest = await messages(pubsub, 1 + 1000)
+        gap, *rest = await receive(pubsub, timeout=120, count=1 + 1000)
         assert gap == {
             "type": "gap",
             "channel": channel,
@@ -145,7 +123,7 @@ async def test_an_id_older_than_history_gets_a_gap_never_a_silent_skip(
         # an id from before this daemon's stream (another epoch): a gap too
         pubsub = client.pubsub()
         await pubsub.execute_command("TIDINGS.SUBSCRIBE", 5, channel)
-        gap, following = await messages(pubsub, 2)
+        gap, following = await receive(pubsub, timeout=120, count=2)
         assert gap["type"] == "gap" and gap["since"] == 5 and gap["oldest"] == retained
         assert following["id"] == retained
         await pubsub.aclose()
