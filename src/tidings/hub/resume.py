@@ -207,38 +207,11 @@ class Replay:
                 return self.state != "replay"
         if self.position < history.gap_floor(hub.next_id):
             self._gaps(history, hub.next_id)
-        scanned = 0
-        sub = self.sub
-        channels = self.channels
-        bases = self._bases
-        for event in self._source(history):
-            name = event.channel
-            targets = bases.get(name)
-            if targets is not None:
-                classifier: Classifier | None = None
-                for target, row_filter in targets:
-                    skip = channels[target]
-                    if event.id <= skip:
-                        continue
-                    if row_filter is None:
-                        sub.deliver(event, None)
-                    else:
-                        classifier = classifier or Classifier(event)
-                        outcome = classifier.classify(row_filter)
-                        if outcome is None:
-                            continue
-                        sub.deliver(derive(event, target, outcome), None)
-                    sent += len(event.body) + len(target) + FRAME_OVERHEAD
-            if self.patterns:
-                for pattern in self._patterns_for(name):
-                    since = self.patterns.get(pattern)
-                    if since is not None and event.id > since:
-                        sub.deliver(event, pattern)
-                        sent += len(event.body) + len(name) + len(pattern) + FRAME_OVERHEAD
+        for scanned, event in enumerate(self._source(history), 1):
+            sent += self._deliver(event)
             self.position = event.id
             if self.state != "replay":  # delivery cut the connection, which cancelled us
                 return True
-            scanned += 1
             if sent >= budget or scanned >= SCAN_MAX:
                 return False
         self._go_live()
