@@ -23,8 +23,8 @@ where it connected. Comment heartbeats go to every stream from one service-wide
 timer; a stream whose output passes the limit is cut with a final comment
 saying why.
 
-`GET /ws` with `Upgrade: websocket` is handed to `tidings.wire.ws_session.accept`
-when that module exists (501 until then): see `HttpConnection._websocket`.
+`GET /ws` with `Upgrade: websocket` is handed to `tidings.wire.ws_session.accept`:
+see `HttpConnection._websocket`.
 
 `HttpService` is the listening side: settings, open connections, counters, the
 output `Flusher`, the event-loop lag probe and the binlog lag estimate behind
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import itertools
 import logging
 import math
@@ -51,7 +50,7 @@ from tidings.hub import Hub, Replay, ResumeError
 from tidings.hub.filtering import split
 from tidings.hub.filters import FilterError
 from tidings.hub.resume import check_since
-from tidings.wire import http
+from tidings.wire import http, ws_session
 from tidings.wire.http import HttpError, Request, RequestParser
 from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
 
@@ -491,20 +490,15 @@ class HttpConnection(asyncio.Protocol):
         if "websocket" not in request.headers.get("upgrade", "").lower():
             self._error(request, 400, "GET /ws needs Upgrade: websocket")
             return
-        try:
-            module: Any = importlib.import_module("tidings.wire.ws_session")
-        except ImportError:
-            self._error(request, 501, "WebSocket is not available in this build yet")
-            return
         ws_service = self.service.websocket
-        outcome = module.accept(
+        outcome = ws_session.accept(
             request, self.transport, self.hub, self.settings if ws_service is None else ws_service
         )
         if isinstance(outcome, bytes | bytearray):
             self._write(bytes(outcome))
             self.close()
             return
-        proto = cast(asyncio.Protocol, outcome)
+        proto = outcome
         self.service.stats.websocket_total += 1
         rest = self.parser.rest()
         self.outbox.flush()  # answers to requests pipelined before the upgrade go first
@@ -611,9 +605,9 @@ class HttpService:
         self._source: SourceStatus | None = None
         #: the RESP service, whose counters /metrics reports too (tidings.wire.resp_server)
         self.resp = resp
-        #: the WebSocket service GET /ws hands connections to (tidings.wire.ws_session's
-        #: WsService; None: accept() makes one from `settings`)
-        self.websocket: Any = None
+        #: the WebSocket service GET /ws hands connections to (None: accept() makes one
+        #: from `settings`)
+        self.websocket: ws_session.WsService | None = None
         self.connections: dict[HttpConnection, None] = {}
         #: connections that are event streams (heartbeats go to these)
         self.streams: dict[HttpConnection, None] = {}
