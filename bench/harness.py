@@ -288,7 +288,8 @@ class Tidings(Server):
         output_limit: int = 16 << 20,
     ) -> None:
         super().__init__()
-        cmd = [str(TIDINGS), "serve", "--resp", f"127.0.0.1:{self.port}", "--allow-publish"]
+        cmd = [str(TIDINGS), "serve", "--resp", f"127.0.0.1:{self.port}", "--http", ""]
+        cmd += ["--allow-publish"]
         cmd += ["--output-limit", str(output_limit)]
         if mysql:
             cmd += ["--mysql", mysql, "--server-id", str(server_id)]

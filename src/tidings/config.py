@@ -59,9 +59,8 @@ class Settings:
         metavar="HOST:PORT",
     )
     allow_publish: bool = _opt(False, "accept PUBLISH from clients (off by default)")
-    # off by default until every test that starts a daemon passes http= (see docs/reference/http.md)
     http: str = _opt(
-        "",
+        "127.0.0.1:8080",
         "HOST:PORT for the HTTP listener, e.g. 127.0.0.1:8080: Server-Sent Events (/sse), "
         "WebSocket (/ws), /healthz, /metrics, /channels, POST /publish (empty: off)",
         metavar="HOST:PORT",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 import sys
 import tempfile
 import time
@@ -49,14 +50,12 @@ NAMES = ["Ada", "Linus", "Grace", "Edsger", "Barbara", "Ken", "Dennis", "Margare
 NOTES = ["gift wrap", "leave at door", "🎁 birthday", "déjà vu", None]
 
 
-def _pick_resp_port() -> int:
-    """6380 as in the README when free, else any free port."""
+def _preferred_port(port: int) -> int:
+    """`port` (as in the README) when free, else any free port."""
     try:
-        import socket
-
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 6380))
-        return 6380
+            s.bind(("127.0.0.1", port))
+        return port
     except OSError:
         return free_port()
 
@@ -135,6 +134,28 @@ async def _subscriber(port: int, out: TextIO, received: list[dict[str, Any]]) ->
         writer.close()
 
 
+async def _sse_subscriber(port: int, received: list[int]) -> None:
+    """The browser's path: a Server-Sent Events stream of the same channels, ids collected."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /sse?pattern=shop.* HTTP/1.1\r\nHost: demo\r\n\r\n")
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"SSE refused: {head!r}")
+        event_id, event = 0, b""
+        while line := await reader.readline():
+            if line.startswith(b"id:"):
+                event_id = int(line[3:])
+            elif line.startswith(b"event:"):
+                event = line[6:].strip()
+            elif line == b"\n":  # end of a block; the first one (retry:, no event) is skipped
+                if event:
+                    received.append(event_id)
+                event_id, event = 0, b""
+    finally:
+        writer.close()
+
+
 async def run_demo(seconds: float = 15.0, out: TextIO = sys.stdout) -> int:
     with tempfile.TemporaryDirectory(prefix="tidings-demo-") as tmp:
         db = PrivateMariaDB(Path(tmp))
@@ -145,10 +166,12 @@ async def run_demo(seconds: float = 15.0, out: TextIO = sys.stdout) -> int:
         await asyncio.to_thread(db.start)
         try:
             await asyncio.to_thread(db.sql, SCHEMA)
-            resp_port = _pick_resp_port()
+            resp_port = _preferred_port(6380)
+            http_port = _preferred_port(8080)
             settings = Settings(
                 mysql=f"mysql://tidings:demo-secret@127.0.0.1:{db.port}/",
                 resp=f"127.0.0.1:{resp_port}",
+                http=f"127.0.0.1:{http_port}",
             )
             daemon = Daemon(settings)
             runner = asyncio.ensure_future(daemon.run())
@@ -164,27 +187,39 @@ async def run_demo(seconds: float = 15.0, out: TextIO = sys.stdout) -> int:
                 f"demo: in another terminal try:  redis-cli -p {resp_port} SUBSCRIBE shop.orders",
                 file=out,
             )
+            print(
+                f"demo: or:  curl -N 'http://127.0.0.1:{http_port}/sse?channel=shop.orders'",
+                file=out,
+            )
             received: list[dict[str, Any]] = []
-            sub = asyncio.ensure_future(_subscriber(resp_port, out, received))
-            await asyncio.sleep(0.3)  # let the subscription land before the first write
+            sse_ids: list[int] = []
+            subs = [
+                asyncio.ensure_future(_subscriber(resp_port, out, received)),
+                asyncio.ensure_future(_sse_subscriber(http_port, sse_ids)),
+            ]
+            await asyncio.sleep(0.3)  # let the subscriptions land before the first write
             rows = await _writer(db.port, seconds, out)
             deadline = time.monotonic() + 5
-            while len(received) < rows and time.monotonic() < deadline:
+            while min(len(received), len(sse_ids)) < rows and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.3)  # a late (wrong) event from the rollback would show here
-            sub.cancel()
+            for sub in subs:
+                sub.cancel()
             daemon.stop()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sub
+            for sub in subs:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sub
             await runner
             ids = [e["id"] for e in received]
             in_order = ids == sorted(ids) and len(set(ids)) == len(ids)
             print(
-                f"demo: {rows} row changes committed, {len(received)} events received, "
-                f"ids {'strictly increasing' if in_order else 'OUT OF ORDER'}",
+                f"demo: {rows} row changes committed, {len(received)} events received over "
+                f"RESP, ids {'strictly increasing' if in_order else 'OUT OF ORDER'}; "
+                f"{len(sse_ids)} over Server-Sent Events, "
+                f"{'the same ids' if sse_ids == ids else 'DIFFERENT ids'}",
                 file=out,
             )
-            return 0 if len(received) == rows and in_order else 1
+            return 0 if len(received) == rows and in_order and sse_ids == ids else 1
         finally:
             await asyncio.to_thread(db.stop)
 

@@ -50,7 +50,8 @@ def served(
     port = free_port()
     env = {**os.environ, "TIDINGS_SERVER_ID": str(replica_server_id), "TIDINGS_LOG_LEVEL": "info"}
     proc = subprocess.Popen(
-        [*TIDINGS, "serve", "--mysql", mariadb.url(), "--resp", f"127.0.0.1:{port}"],
+        [*TIDINGS, "serve", "--mysql", mariadb.url(), "--resp", f"127.0.0.1:{port}",
+         "--http", "127.0.0.1:0"],
         stderr=subprocess.PIPE,
         text=True,
         env=env,
@@ -156,7 +157,7 @@ def test_serve_exits_with_the_reason_when_the_binlog_is_off(
     db = PrivateMariaDB(tmp_path / "nobinlog", log_bin=False)
     db.start()
     try:
-        result = run("serve", "--mysql", db.url(), "--resp", "127.0.0.1:0",
+        result = run("serve", "--mysql", db.url(), "--resp", "127.0.0.1:0", "--http", "127.0.0.1:0",
                      "--server-id", str(replica_server_id))  # fmt: skip
         assert result.returncode == 1
         assert "binary logging is off" in result.stderr

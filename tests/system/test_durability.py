@@ -260,7 +260,7 @@ def serve(db: PrivateMariaDB, server_id: int, port: int, state: Path, log: Path,
           *extra: str) -> subprocess.Popen[bytes]:  # fmt: skip
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [*TIDINGS, "serve", "--mysql", db.url(), "--resp", f"127.0.0.1:{port}",
+            [*TIDINGS, "serve", "--mysql", db.url(), "--resp", f"127.0.0.1:{port}", "--http", "127.0.0.1:0",
              "--server-id", str(server_id), "--state-dir", str(state), *extra],
             stderr=out,
         )  # fmt: skip
@@ -373,7 +373,7 @@ def test_purged_binlog_is_fatal_until_new_epoch(
         time.sleep(0.05)
 
     result = subprocess.run(
-        [*TIDINGS, "serve", "--mysql", db.url(), "--resp", "127.0.0.1:0",
+        [*TIDINGS, "serve", "--mysql", db.url(), "--resp", "127.0.0.1:0", "--http", "127.0.0.1:0",
          "--server-id", str(replica_server_id), "--state-dir", str(state)],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
@@ -424,7 +424,7 @@ async def test_another_server_other_event_options_and_a_second_daemon_are_refuse
     try:
         # one state directory, one daemon: a second is refused before it touches anything
         url = mariadb.url()
-        second = Daemon(Settings(mysql=url, resp="127.0.0.1:0", server_id=replica_server_id + 1000,
+        second = Daemon(Settings(mysql=url, resp="127.0.0.1:0", http="", server_id=replica_server_id + 1000,
                                  state_dir=str(state)))  # fmt: skip
         with pytest.raises(StateError, match=r"another tidings .* is using the state directory"):
             await asyncio.wait_for(second.run(), 20)
@@ -433,7 +433,7 @@ async def test_another_server_other_event_options_and_a_second_daemon_are_refuse
     cp = CheckpointStore(state).load()
     assert cp is not None and cp.events == {"ddl_events": True, "outbox": "tidings.outbox"}
     # DDL events turned off: fewer events exist, so re-read ones would get other ids
-    changed = Daemon(Settings(mysql=mariadb.url(), resp="127.0.0.1:0", ddl_events=False,
+    changed = Daemon(Settings(mysql=mariadb.url(), resp="127.0.0.1:0", http="", ddl_events=False,
                               server_id=replica_server_id, state_dir=str(state)))  # fmt: skip
     with pytest.raises(StateError, match=r"ddl_events True -> False.*--new-epoch"):
         await asyncio.wait_for(changed.run(), 20)
@@ -441,7 +441,7 @@ async def test_another_server_other_event_options_and_a_second_daemon_are_refuse
     CheckpointStore(state).save(
         replace(cp, server=replace(cp.server, server_id=cp.server.server_id + 1))
     )
-    other = Daemon(Settings(mysql=mariadb.url(), resp="127.0.0.1:0",
+    other = Daemon(Settings(mysql=mariadb.url(), resp="127.0.0.1:0", http="",
                             server_id=replica_server_id, state_dir=str(state)))  # fmt: skip
     with pytest.raises(StateError, match=r"belongs to another server .* --new-epoch"):
         await asyncio.wait_for(other.run(), 20)
