@@ -260,8 +260,9 @@ def serve(db: PrivateMariaDB, server_id: int, port: int, state: Path, log: Path,
           *extra: str) -> subprocess.Popen[bytes]:  # fmt: skip
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [*TIDINGS, "serve", "--mysql", db.url(), "--resp", f"127.0.0.1:{port}", "--http", "127.0.0.1:0",
-             "--server-id", str(server_id), "--state-dir", str(state), *extra],
+            [*TIDINGS, "serve", "--mysql", db.url(), "--resp", f"127.0.0.1:{port}",
+             "--http", "127.0.0.1:0", "--server-id", str(server_id), "--state-dir", str(state),
+             *extra],
             stderr=out,
         )  # fmt: skip
 
@@ -424,7 +425,8 @@ async def test_another_server_other_event_options_and_a_second_daemon_are_refuse
     try:
         # one state directory, one daemon: a second is refused before it touches anything
         url = mariadb.url()
-        second = Daemon(Settings(mysql=url, resp="127.0.0.1:0", http="", server_id=replica_server_id + 1000,
+        second = Daemon(Settings(mysql=url, resp="127.0.0.1:0", http="",
+                                 server_id=replica_server_id + 1000,
                                  state_dir=str(state)))  # fmt: skip
         with pytest.raises(StateError, match=r"another tidings .* is using the state directory"):
             await asyncio.wait_for(second.run(), 20)

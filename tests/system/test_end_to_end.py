@@ -225,7 +225,10 @@ async def test_server_without_full_row_metadata_is_refused_unless_told(
     await asyncio.to_thread(db.start)
     try:
         db.sql("CREATE DATABASE m; CREATE TABLE m.t (id INT PRIMARY KEY, label VARCHAR(9))")
-        daemon = Daemon(Settings(mysql=db.url(), resp="127.0.0.1:0", http="", server_id=replica_server_id))
+        settings = Settings(
+            mysql=db.url(), resp="127.0.0.1:0", http="", server_id=replica_server_id
+        )
+        daemon = Daemon(settings)
         with pytest.raises(ReplicaError, match=r"binlog_row_metadata=MINIMAL.*--names-from-schema"):
             await asyncio.wait_for(daemon.run(), 20)
 
