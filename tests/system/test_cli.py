@@ -50,8 +50,16 @@ def served(
     port = free_port()
     env = {**os.environ, "TIDINGS_SERVER_ID": str(replica_server_id), "TIDINGS_LOG_LEVEL": "info"}
     proc = subprocess.Popen(
-        [*TIDINGS, "serve", "--mysql", mariadb.url(), "--resp", f"127.0.0.1:{port}",
-         "--http", "127.0.0.1:0"],
+        [
+            *TIDINGS,
+            "serve",
+            "--mysql",
+            mariadb.url(),
+            "--resp",
+            f"127.0.0.1:{port}",
+            "--http",
+            "127.0.0.1:0",
+        ],
         stderr=subprocess.PIPE,
         text=True,
         env=env,
