@@ -53,6 +53,7 @@ from tidings.hub.resume import check_since
 from tidings.wire import http, ws_session
 from tidings.wire.http import HttpError, Request, RequestParser
 from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
+from tidings.wire.replay_queue import ReplayQueue
 
 __all__ = [
     "SSE_KEY",
@@ -157,9 +158,8 @@ class HttpConnection(asyncio.Protocol):
 
     __slots__ = (
         "_closed",
-        "_pump_pending",
         "_read_paused",
-        "_replay",
+        "_replays",
         "_waiting",
         "_write",
         "channels",
@@ -177,6 +177,7 @@ class HttpConnection(asyncio.Protocol):
 
     transport: asyncio.Transport
     outbox: Outbox
+    _replays: ReplayQueue[Replay]
     _write: Callable[[bytes], None]
 
     def __init__(self, service: HttpService, conn_id: int) -> None:
@@ -194,8 +195,6 @@ class HttpConnection(asyncio.Protocol):
         self._closed = False
         self._read_paused = False
         self._waiting: asyncio.Future[None] | None = None
-        self._replay: Replay | None = None
-        self._pump_pending = False
 
     def __repr__(self) -> str:
         return f"<HttpConnection id={self.id} addr={self.peer}>"
@@ -211,7 +210,7 @@ class HttpConnection(asyncio.Protocol):
     def replay_wake(self, replay: Replay) -> None:
         """The binlog re-read behind a resume has more (tidings.hub.resume)."""
         if not self._closed:
-            self._pump()
+            self._replays.run()
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -227,6 +226,8 @@ class HttpConnection(asyncio.Protocol):
             on_cut=self._leave,
         )
         self._write = self.outbox.write
+        #: the SSE stream's resume, if it was asked for one (a queue of at most one)
+        self._replays = ReplayQueue(self.outbox, self.service.flusher)
         self.service.connections[self] = None
 
     def data_received(self, data: bytes) -> None:
@@ -247,8 +248,7 @@ class HttpConnection(asyncio.Protocol):
         if self._read_paused and not self._closed and self._waiting is None:
             self._read_paused = False
             self.transport.resume_reading()
-        if self._replay is not None:
-            self._pump()
+        self._replays.run()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -268,9 +268,7 @@ class HttpConnection(asyncio.Protocol):
     def _leave(self) -> None:
         """Leave the hub (the stream ended or was cut off for being slow)."""
         self._closed = True
-        if self._replay is not None:
-            self._replay.cancel()
-            self._replay = None
+        self._replays.cancel_all()
         hub = self.hub
         for channel in self.channels:
             hub.unsubscribe(self, channel)
@@ -463,23 +461,7 @@ class HttpConnection(asyncio.Protocol):
                 hub.psubscribe(self, name)
             return
         self._write(http.SSE_HEAD + http.sse_retry(self.settings.sse_retry_ms))
-        self._replay = hub.resume(self, since, channels=channels, patterns=patterns)
-        self._pump()
-
-    def _pump(self) -> None:
-        """Feed the resume as much history as the output has room for; come back when it
-        drains (`resume_writing`) or, if it was only waiting to be flushed, next turn."""
-        self._pump_pending = False
-        replay = self._replay
-        if replay is None or self._closed:
-            return
-        room = self.outbox.room()
-        if room > 0 and replay.pump(room):
-            self._replay = None
-            return
-        if not self.outbox.paused and not self._pump_pending and not replay.waiting:
-            self._pump_pending = True
-            self.service.flusher.loop.call_soon(self._pump)
+        self._replays.add(hub.resume(self, since, channels=channels, patterns=patterns))
 
     def get_ws(self, request: Request) -> None:
         self._websocket(request)

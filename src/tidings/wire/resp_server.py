@@ -56,6 +56,7 @@ from tidings.hub.filters import FilterError
 from tidings.hub.resume import check_since
 from tidings.wire import resp
 from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
+from tidings.wire.replay_queue import ReplayQueue
 from tidings.wire.snapshot_stream import SnapshotRequestError, SnapshotService, SnapshotStream
 
 __all__ = [
@@ -185,7 +186,6 @@ class RespConnection(asyncio.Protocol):
         "_message_encode",
         "_message_key",
         "_pmessage_key",
-        "_pump_pending",
         "_read_paused",
         "_replays",
         "_waiting",
@@ -209,6 +209,7 @@ class RespConnection(asyncio.Protocol):
     transport: asyncio.Transport
     outbox: Outbox
     _write: Callable[[bytes], None]  # outbox.write, bound once
+    _replays: ReplayQueue[Replay | SnapshotStream]
 
     def __init__(self, service: RespService, conn_id: int) -> None:
         self.service = service
@@ -230,9 +231,6 @@ class RespConnection(asyncio.Protocol):
         self._read_paused = False
         #: a command whose reply is awaited (PUBLISH through the database): later commands wait
         self._waiting: asyncio.Task[None] | None = None
-        #: TIDINGS.(P)SUBSCRIBE replays not yet caught up, served one after the other
-        self._replays: list[Replay | SnapshotStream] = []
-        self._pump_pending = False
         self._set_protocol(resp3=False)
 
     def __repr__(self) -> str:
@@ -275,6 +273,8 @@ class RespConnection(asyncio.Protocol):
             on_cut=self._cut,
         )
         self._write = self.outbox.write
+        #: TIDINGS.(P)SUBSCRIBE replays and snapshots not yet caught up, one after the other
+        self._replays = ReplayQueue(self.outbox, self.service.flusher)
         self.service.connections[self] = None
 
     def data_received(self, data: bytes) -> None:
@@ -328,8 +328,7 @@ class RespConnection(asyncio.Protocol):
         if self._read_paused and not self._closed and self._waiting is None:
             self._read_paused = False
             self.transport.resume_reading()
-        if self._replays:
-            self._pump_replays()
+        self._replays.run()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None:
@@ -424,9 +423,7 @@ class RespConnection(asyncio.Protocol):
         self.reply(resp.push([resp.bulk(kind), item, resp.integer(self._count())], self.resp3))
 
     def _unsubscribe_all(self) -> None:
-        for replay in self._replays:
-            replay.cancel()
-        self._replays = []
+        self._replays.cancel_all()
         hub = self.hub
         for channel in self.channels:
             hub.unsubscribe(self, channel)
@@ -532,29 +529,7 @@ class RespConnection(asyncio.Protocol):
             replay = self.hub.resume(self, since, patterns=fresh)
         else:
             replay = self.hub.resume(self, since, channels=fresh)
-        self._replays.append(replay)
-        if len(self._replays) == 1:
-            self._pump_replays()
-
-    def _pump_replays(self) -> None:
-        """Feed replays as much history as the output has room for; come back when it
-        drains (`resume_writing`) or, if it was only waiting to be flushed, next turn."""
-        self._pump_pending = False
-        replays = self._replays
-        outbox = self.outbox
-        while replays and not self._closed:
-            room = outbox.room()
-            head = replays[0]
-            if room <= 0 or not head.pump(room):
-                # a snapshot waiting for MySQL, or a replay waiting for a binlog re-read,
-                # wakes us itself (snapshot_wake / replay_wake): no polling meanwhile
-                waiting = getattr(head, "waiting", False)
-                if not outbox.paused and not self._pump_pending and not waiting:
-                    # runs after the flush this iteration's writes scheduled
-                    self._pump_pending = True
-                    self.service.flusher.loop.call_soon(self._pump_replays)
-                return
-            replays.pop(0)
+        self._replays.add(replay)
 
     def cmd_tidings_snapshot(self, args: list[bytes]) -> None:
         """TIDINGS.SNAPSHOT channel: replies once the snapshot is open (later commands wait)."""
@@ -579,7 +554,7 @@ class RespConnection(asyncio.Protocol):
         except SnapshotRequestError as exc:
             self.reply_error(b"ERR " + str(exc).encode("utf-8", "replace"))
             return
-        self._replays.append(stream)
+        self._replays.add(stream)
         self._waiting = stream.task  # no reply yet: commands behind this one wait for it
 
     # the SnapshotClient side (tidings.wire.snapshot_stream), called from the stream's task
@@ -589,23 +564,21 @@ class RespConnection(asyncio.Protocol):
         self._snapshot_replied(stream)
 
     def snapshot_failed(self, stream: SnapshotStream, message: str) -> None:
-        if stream in self._replays:
-            self._replays.remove(stream)
+        self._replays.remove(stream)
         self.reply_error(b"ERR " + message.encode("utf-8", "replace"))
         if stream.name in self.channels:  # it failed while reading rows: it ends here
             del self.channels[stream.name]
             self._confirm(b"unsubscribe", channel_bytes(stream.name))
         self._snapshot_replied(stream)
-        if self._replays:
-            self._pump_replays()
+        self._replays.run()
 
     def snapshot_wake(self, stream: SnapshotStream) -> None:
-        if not self._closed and self._replays:
-            self._pump_replays()
+        if not self._closed:
+            self._replays.run()
 
     def replay_wake(self, replay: Replay) -> None:
-        if not self._closed and self._replays:
-            self._pump_replays()
+        if not self._closed:
+            self._replays.run()
 
     def _snapshot_replied(self, stream: SnapshotStream) -> None:
         """The snapshot's first reply is out: run the commands that waited behind it."""

@@ -56,6 +56,7 @@ from tidings.hub.filters import FilterError
 from tidings.hub.resume import check_since
 from tidings.wire import websocket as ws
 from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
+from tidings.wire.replay_queue import ReplayQueue
 
 __all__ = [
     "TEXT_FRAME",
@@ -210,7 +211,6 @@ class WsConnection(asyncio.Protocol):
         "_closing",
         "_heard",
         "_ping_timer",
-        "_pump_pending",
         "_read_paused",
         "_replays",
         "_response",
@@ -229,6 +229,7 @@ class WsConnection(asyncio.Protocol):
 
     transport: asyncio.Transport
     outbox: Outbox
+    _replays: ReplayQueue[Replay]
 
     def __init__(
         self, service: WsService, conn_id: int, response: bytes, headers: Mapping[str, str]
@@ -243,8 +244,6 @@ class WsConnection(asyncio.Protocol):
         self.parser = ws.FrameParser(s.max_message)
         self.peer = "?"
         self.channels: dict[str, None] = {}
-        self._replays: list[Replay] = []
-        self._pump_pending = False
         self._read_paused = False
         #: None while open; "closing" once our close frame is out; "closed" at the end
         self._closing: str | None = None
@@ -263,8 +262,7 @@ class WsConnection(asyncio.Protocol):
 
     def replay_wake(self, replay: Replay) -> None:
         """A replay's binlog re-read has more: pump again."""
-        if self._replays and not self._pump_pending:
-            self._pump_replays()
+        self._replays.run()
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -280,6 +278,7 @@ class WsConnection(asyncio.Protocol):
             on_cut=self._cut,
         )
         self._write = self.outbox.write
+        self._replays = ReplayQueue(self.outbox, self.service.flusher)
         self.service.connections[self] = None
         self._write(self._response)
         if self.settings.ping_interval > 0:
@@ -336,8 +335,7 @@ class WsConnection(asyncio.Protocol):
         if self._read_paused and self._closing is None:
             self._read_paused = False
             self.transport.resume_reading()
-        if self._replays:
-            self._pump_replays()
+        self._replays.run()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None and self._closing is None:
@@ -389,9 +387,7 @@ class WsConnection(asyncio.Protocol):
 
     def _leave(self) -> None:
         """Nothing more will be delivered: leave the hub, stop pinging."""
-        for replay in self._replays:
-            replay.cancel()
-        self._replays = []
+        self._replays.cancel_all()
         for channel in self.channels:
             self.hub.unsubscribe(self, channel)
         self.channels = {}
@@ -488,9 +484,7 @@ class WsConnection(asyncio.Protocol):
         if since is None:
             self.hub.subscribe(self, channel)
             return
-        self._replays.append(self.hub.resume(self, since, channels=[channel]))
-        if len(self._replays) == 1:
-            self._pump_replays()
+        self._replays.add(self.hub.resume(self, since, channels=[channel]))
 
     def _op_unsubscribe(self, request: Mapping[str, Any]) -> None:
         channel = self._channel(request)
@@ -502,19 +496,3 @@ class WsConnection(asyncio.Protocol):
             for replay in self._replays:
                 replay.discard(channel)
         self._reply({"op": "unsubscribed", "channel": channel})
-
-    def _pump_replays(self) -> None:
-        """Feed replays as much history as the output has room for; come back when it
-        drains (`resume_writing`), when a re-read has more (`replay_wake`), or next turn."""
-        self._pump_pending = False
-        replays = self._replays
-        outbox = self.outbox
-        while replays and self._closing is None:
-            room = outbox.room()
-            head = replays[0]
-            if room <= 0 or not head.pump(room):
-                if not outbox.paused and not self._pump_pending and not head.waiting:
-                    self._pump_pending = True
-                    self.service.flusher.loop.call_soon(self._pump_replays)
-                return
-            replays.pop(0)
