@@ -159,11 +159,15 @@ class Hub:
         return len(self._patterns)
 
     # -- fan-out ---------------------------------------------------------------------------
-    def publish(self, channel: str, body: bytes, *, live: bool = True) -> int:
+    def publish(
+        self, channel: str, body: bytes, *, live: bool = True, ref: int | None = None
+    ) -> int:
         """Deliver `body` on `channel` as-is; return the number of receivers.
 
         With `live=False` the event only takes its id (and its place in history):
-        used while re-reading old binlog at start-up.
+        used while re-reading old binlog at start-up. `ref` is the publishing
+        client's reference (tidings.source.notify); only a hub that feeds other
+        hubs uses it (tidings.feed.FeedHub), so that the one holding the client replies.
         """
         event = Event(self._take_id(), channel, body)
         receivers = self.dispatch(event) if live else 0
@@ -181,6 +185,16 @@ class Hub:
             self.dispatch(event)
         self.history.append(event)
         return event
+
+    def apply(self, event: Event, *, live: bool = True) -> int:
+        """Publish an event whose id was given elsewhere (a hub fed from an event feed,
+        tidings.feed): it must be the id this hub expects next. Returns the receivers."""
+        if event.id != self.next_id:
+            raise ValueError(f"event id {event.id} from the feed, expected {self.next_id}")
+        self.next_id = event.id + 1
+        receivers = self.dispatch(event) if live else 0
+        self.history.append(event)
+        return receivers
 
     # -- resume ----------------------------------------------------------------------------
     def resume(
