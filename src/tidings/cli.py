@@ -148,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tidings.daemon import serve
             from tidings.source.replica import ReplicaError
             from tidings.state import StateError
+            from tidings.workers.supervisor import WorkerError
 
             install_uvloop()
             try:
@@ -155,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ReplicaError as exc:
                 print(f"tidings: replication stopped: {exc}", file=sys.stderr)
                 return 1
-            except StateError as exc:
+            except (StateError, WorkerError) as exc:
                 print(f"tidings: {exc}", file=sys.stderr)
                 return 1
             return 0

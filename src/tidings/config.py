@@ -81,6 +81,20 @@ class Settings:
         "pending output after which a slow subscriber is disconnected (bytes; k/M suffix ok)",
         kind="size",
     )
+    workers: int = _opt(
+        1,
+        "processes serving clients on the same ports (SO_REUSEPORT); with more than 1 a "
+        "separate process reads the binlog, gives the ids and feeds every worker "
+        "(docs/topics/workers.md)",
+        metavar="N",
+    )
+    worker_buffer: int = _opt(
+        64 << 20,
+        "with --workers: event-feed bytes that may wait for one worker (on top of its "
+        "start-up copy of history); a worker further behind is restarted and its clients "
+        "reconnect (bytes; k/M/G suffix ok)",
+        kind="size",
+    )
     ddl_events: bool = _opt(
         True,
         "publish schema changes (CREATE/ALTER/DROP/RENAME/TRUNCATE ...) as 'ddl' events on the "
@@ -155,6 +169,10 @@ class Settings:
             raise ConfigError(f"server_id must be between 1 and 4294967295, not {self.server_id}")
         if self.max_bulk < 1 or self.output_limit < 1024:
             raise ConfigError("max_bulk must be >= 1 and output_limit >= 1024 bytes")
+        if not 1 <= self.workers <= 256:
+            raise ConfigError(f"workers must be between 1 and 256, not {self.workers}")
+        if self.worker_buffer < 1 << 20:
+            raise ConfigError("worker_buffer must be at least 1 MiB")
         if self.heartbeat <= 0:
             raise ConfigError("heartbeat must be > 0 seconds")
         if not _SCHEMA_NAME.match(self.outbox_schema):  # as tidings.source.notify checks it

@@ -105,32 +105,13 @@ class Daemon:
         # set while the pump is between transactions (not in the middle of publishing one)
         self._between = asyncio.Event()
         self._between.set()
+        #: listen with SO_REUSEPORT: worker processes share the ports (tidings.workers)
+        self.reuse_port = False
 
     async def start(self) -> None:
         """Decide the ids and where to read; the listeners open in `listen()`."""
         s = self.settings
-        if s.resp:
-            self.resp = RespService(
-                self.hub,
-                RespSettings(
-                    allow_publish=s.allow_publish, max_bulk=s.max_bulk, output_limit=s.output_limit
-                ),
-            )
-        if s.http:
-            self.http = HttpService(
-                self.hub,
-                HttpSettings(
-                    allow_publish=s.allow_publish,
-                    output_limit=s.output_limit,
-                    sse_heartbeat=s.sse_heartbeat,
-                    health_max_lag=s.health_max_lag,
-                    max_publish=s.max_bulk,
-                ),
-                has_source=bool(s.mysql),
-                resp=self.resp,
-            )
-            # /ws sessions: one service, so /metrics counts them and stop() closes them
-            self.http.websocket = WsService(self.hub, WsSettings.from_settings(s))
+        self._make_services()
         if not s.mysql:
             self._new_epoch_in_memory()
             if s.state_dir:
@@ -141,16 +122,7 @@ class Daemon:
         url = MySQLURL.parse(s.mysql)
         self.outbox = Outbox(s.outbox_schema)
         self.purger = OutboxPurger(url, self.outbox)
-        if (self.resp is not None or self.http is not None) and s.allow_publish:
-            # PUBLISH goes through the outbox table so its id comes from the binlog
-            self.publisher = OutboxPublisher(url, self.outbox)
-            if self.resp is not None:
-                self.resp.publisher = self.publisher.publish
-            if self.http is not None:
-                self.http.publisher = self.publisher.publish
-        if self.resp is not None:
-            # TIDINGS.SNAPSHOT: each snapshot on its own connection (tidings.wire.snapshot_stream)
-            self.resp.snapshots = SnapshotService.for_mysql(self.hub, url, origin=self._origin)
+        self._serve_from_mysql(url)
         if s.state_dir:
             start = await self._open_state(url)
             if start is None:  # stopped while waiting for the server
@@ -187,20 +159,63 @@ class Daemon:
             self.http.source = self.replica  # for /healthz and /metrics
         log.info("reading the binlog of %s as replica server_id=%d", url.redacted(), s.server_id)
 
+    def _make_services(self) -> None:
+        """The client-facing services the settings ask for (listening comes later)."""
+        s = self.settings
+        if s.resp:
+            self.resp = RespService(
+                self.hub,
+                RespSettings(
+                    allow_publish=s.allow_publish, max_bulk=s.max_bulk, output_limit=s.output_limit
+                ),
+            )
+        if s.http:
+            self.http = HttpService(
+                self.hub,
+                HttpSettings(
+                    allow_publish=s.allow_publish,
+                    output_limit=s.output_limit,
+                    sse_heartbeat=s.sse_heartbeat,
+                    health_max_lag=s.health_max_lag,
+                    max_publish=s.max_bulk,
+                ),
+                has_source=bool(s.mysql),
+                resp=self.resp,
+            )
+            # /ws sessions: one service, so /metrics counts them and stop() closes them
+            self.http.websocket = WsService(self.hub, WsSettings.from_settings(s))
+
+    def _serve_from_mysql(self, url: MySQLURL) -> None:
+        """Client PUBLISH through the outbox table, snapshots from the database."""
+        assert self.outbox is not None
+        if (self.resp is not None or self.http is not None) and self.settings.allow_publish:
+            # PUBLISH goes through the outbox table so its id comes from the binlog
+            self.publisher = OutboxPublisher(url, self.outbox)
+            if self.resp is not None:
+                self.resp.publisher = self.publisher.publish
+            if self.http is not None:
+                self.http.publisher = self.publisher.publish
+        if self.resp is not None:
+            # TIDINGS.SNAPSHOT: each snapshot on its own connection (tidings.wire.snapshot_stream)
+            self.resp.snapshots = SnapshotService.for_mysql(self.hub, url, origin=self._origin)
+
     async def listen(self) -> None:
         """Open the client listeners (once the ids are settled: see `run`); start purging."""
         s = self.settings
         if self.purger is not None and self._purger_task is None:
             self._purger_task = asyncio.ensure_future(self.purger.run())
+        if self.resp is None and self.http is None:
+            return
         capacity = raise_fd_limit()
+        reuse_port = self.reuse_port
         if self.resp is not None:
             host, port = parse_hostport(s.resp)
-            server = await self.resp.start(host, port)
+            server = await self.resp.start(host, port, reuse_port=reuse_port)
             self.resp_address = server.sockets[0].getsockname()[:2]
             log.info("RESP (Redis pub/sub protocol) on %s:%d", *self.resp_address)
         if self.http is not None:
             host, port = parse_hostport(s.http)
-            server = await self.http.start(host, port)
+            server = await self.http.start(host, port, reuse_port=reuse_port)
             self.http_address = server.sockets[0].getsockname()[:2]
             log.info("HTTP (SSE, WebSocket, API) on http://%s:%d/", *self.http_address)
         log.info(
@@ -350,11 +365,17 @@ class Daemon:
                 if index is not None and hub.next_id - self._last_mark >= mark_every:
                     self._last_mark = hub.next_id
                     try:
-                        index.append(Mark(hub.next_id, txn.position))
+                        mark = Mark(hub.next_id, txn.position)
+                        index.append(mark)
                     except OSError as exc:  # a full disk costs warm-up reach, not delivery
                         log.warning("cannot add to the mark index %s: %s", index.path, exc)
+                    else:
+                        self._indexed(mark)
             finally:
                 between.set()
+
+    def _indexed(self, mark: Mark) -> None:
+        """A mark was added to the index (the workers' reader passes it on)."""
 
     async def _caught_up(self) -> None:
         """Wait for the refill, then for the stream to reach the start-up end of the binlog.
@@ -478,6 +499,11 @@ def install_uvloop() -> bool:
 
 
 async def serve(settings: Settings) -> None:
+    if settings.workers > 1:
+        from tidings.workers.supervisor import supervise
+
+        await supervise(settings)
+        return
     daemon = Daemon(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

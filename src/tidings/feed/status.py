@@ -31,7 +31,7 @@ class Replica(Protocol):
     reconnects: int
     heartbeat: float
     last_error: str | None
-    position: Position
+    position: Position | None
 
 
 _FIELDS = (
@@ -54,8 +54,9 @@ def source_status(replica: Replica | None, *, open: bool) -> dict[str, Any]:
     status: dict[str, Any] = {"open": open, "source": None, "origin": None}
     if replica is not None:
         status["source"] = {name: getattr(replica, name) for name in _FIELDS}
-        if replica.connected and not replica.transactions_total:
-            status["origin"] = position_to_dict(replica.position)
+        position = replica.position
+        if replica.connected and not replica.transactions_total and position is not None:
+            status["origin"] = position_to_dict(position)
     return status
 
 

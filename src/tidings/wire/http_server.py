@@ -587,6 +587,9 @@ class HttpService:
         self._source: SourceStatus | None = None
         #: the RESP service, whose counters /metrics reports too (tidings.wire.resp_server)
         self.resp = resp
+        #: which worker process this is (tidings.workers), reported by /healthz; None: the
+        #: only process
+        self.worker: int | None = None
         #: the WebSocket service GET /ws hands connections to (None: accept() makes one
         #: from `settings`)
         self.websocket: ws_session.WsService | None = None
@@ -633,7 +636,9 @@ class HttpService:
         self.stats.connections_total += 1
         return HttpConnection(self, next(self._ids))
 
-    async def start(self, host: str, port: int, *, backlog: int = 511) -> asyncio.Server:
+    async def start(
+        self, host: str, port: int, *, backlog: int = 511, reuse_port: bool = False
+    ) -> asyncio.Server:
         loop = asyncio.get_running_loop()
         self._flusher = self._flusher or Flusher(loop)
         if self._monitor is None:
@@ -642,7 +647,9 @@ class HttpService:
             self._monitor.start()
         if self._heartbeat is None and self.settings.sse_heartbeat > 0:
             self._heartbeat = loop.call_later(self.settings.sse_heartbeat, self._beat)
-        server = await loop.create_server(self.protocol, host, port, backlog=backlog)
+        server = await loop.create_server(
+            self.protocol, host, port, backlog=backlog, reuse_port=reuse_port or None
+        )
         self.servers.append(server)
         return server
 
@@ -676,6 +683,12 @@ class HttpService:
         return max(0.0, time.time() - source.last_commit_ts)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
+        ok, body = self._health()
+        if self.worker is not None:
+            body["worker"] = self.worker
+        return ok, body
+
+    def _health(self) -> tuple[bool, dict[str, Any]]:
         if not self.has_source:
             return True, {"status": "ok", "source": None}
         source = self._source

@@ -19,6 +19,11 @@ where this server is deliberately different:
   subscribed mode, where redis's "Can't execute" error is what redis sends too;
 * HELLO reports version 7.0.0; COMMAND returns an empty list; CLIENT SETINFO
   (redis 7.2) is accepted; AUTH and HELLO ... AUTH are refused (no users here);
+  INFO has the server and clients sections only, the server's with
+  `tidings_worker` (which process of `--workers N` answers; 0: the only one);
+* PUBLISH through a publisher (the database's outbox, or the id-giving process
+  of `--workers N`) does not hold up the PUBLISHes pipelined behind it: they go
+  on together and reply in order; any other command waits for those replies;
 * an inline line longer than `max_inline` is refused even when its newline
   arrived in the same read (redis checks only while waiting for the newline);
 * a NUL byte in a `*`/`$` header is an error here (redis's C string search
@@ -45,6 +50,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, NamedTuple, cast
@@ -75,6 +82,8 @@ log = logging.getLogger("tidings.wire.resp")
 REDIS_VERSION: Final = "7.0.0"
 #: SELECT accepts what a default redis accepts; pub/sub ignores the database anyway
 DATABASES: Final = 16
+#: PUBLISHes of one client awaiting their replies at most; past it, reading waits
+PUBLISH_PIPELINE: Final = 1024
 
 _OK: Final = b"+OK\r\n"
 _PONG: Final = b"+PONG\r\n"
@@ -182,10 +191,12 @@ class RespConnection(asyncio.Protocol):
 
     __slots__ = (
         "_closed",
+        "_held",
         "_logged",
         "_message_encode",
         "_message_key",
         "_pmessage_key",
+        "_publishing",
         "_read_paused",
         "_replays",
         "_waiting",
@@ -229,8 +240,13 @@ class RespConnection(asyncio.Protocol):
         self._closed = False
         self._logged = False
         self._read_paused = False
-        #: a command whose reply is awaited (PUBLISH through the database): later commands wait
+        #: a command whose reply is awaited (a snapshot opening, or PUBLISHes to finish):
+        #: later commands wait
         self._waiting: asyncio.Task[None] | None = None
+        #: PUBLISHes sent on through the service's publisher, replies not yet given (in order)
+        self._publishing: deque[asyncio.Future[int]] = deque()
+        #: a command read while PUBLISHes were pending: it runs once they have replied
+        self._held: list[bytes] | None = None
         self._set_protocol(resp3=False)
 
     def __repr__(self) -> str:
@@ -288,10 +304,19 @@ class RespConnection(asyncio.Protocol):
         parser = self.parser
         try:
             while not self._closed and self._waiting is None:
-                args = parser.next_command()
+                args = self._held
                 if args is None:
-                    break
-                self.service.stats.commands += 1
+                    args = parser.next_command()
+                    if args is None:
+                        break
+                    self.service.stats.commands += 1
+                    if self._publishing and args[0].lower() != b"publish":
+                        # its reply must come after theirs
+                        self._held = args
+                        self._waiting = asyncio.ensure_future(self._after_publishes())
+                        break
+                else:
+                    self._held = None
                 self.execute(args)
         except resp.ProtocolError as exc:
             self.service.stats.protocol_errors += 1
@@ -778,28 +803,61 @@ class RespConnection(asyncio.Protocol):
         if publisher is None:  # no database: ids live in memory, publish at once
             self.reply(resp.integer(self.hub.publish(channel, args[2])))
             return
-        # through the database, so the message's id comes from the binlog like every other
-        self._waiting = asyncio.ensure_future(self._publish_through(publisher, channel, args[2]))
+        # through the database (or the process that gives ids, with --workers), so the
+        # message's id comes from where every other does. PUBLISHes pipelined behind it go
+        # on at once (one batch for the database); replies keep their order, and any other
+        # command waits for them
+        future = asyncio.ensure_future(publisher(channel, args[2]))
+        self._publishing.append(future)
+        future.add_done_callback(self._published)
+        if len(self._publishing) >= PUBLISH_PIPELINE:
+            self._waiting = asyncio.ensure_future(self._after_publishes())
 
-    async def _publish_through(self, publisher: Publisher, channel: str, payload: bytes) -> None:
-        try:
-            receivers = await publisher(channel, payload)
-        except ValueError as exc:
-            self.reply_error(b"ERR " + str(exc).encode("utf-8", "replace"))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("client id=%d addr=%s: PUBLISH failed: %s", self.id, self.peer, exc)
-            self.reply_error(b"ERR PUBLISH failed: " + str(exc).encode("utf-8", "replace"))
-        else:
-            self.reply(resp.integer(receivers))
+    def _published(self, _: object = None) -> None:
+        """Reply to the PUBLISHes that are done, in the order they were sent."""
+        pending = self._publishing
+        while pending and pending[0].done():
+            future = pending.popleft()
+            exc = None if future.cancelled() else future.exception()
+            if self._closed or future.cancelled():
+                continue
+            if exc is None:
+                self.reply(resp.integer(future.result()))
+            elif isinstance(exc, ValueError):
+                self.reply_error(b"ERR " + str(exc).encode("utf-8", "replace"))
+            else:
+                log.warning("client id=%d addr=%s: PUBLISH failed: %s", self.id, self.peer, exc)
+                self.reply_error(b"ERR PUBLISH failed: " + str(exc).encode("utf-8", "replace"))
+
+    async def _after_publishes(self) -> None:
+        """Wait until every pending PUBLISH has replied, then run what waited behind them."""
+        while self._publishing:
+            await asyncio.wait(list(self._publishing))
+            self._published()
         self._waiting = None
         if self._closed:
             return
         if self._read_paused and not self.outbox.paused:
             self._read_paused = False
             self.transport.resume_reading()
-        self._run_commands()  # what the client pipelined behind the PUBLISH
+        self._run_commands()
+
+    def cmd_info(self, args: list[bytes]) -> None:
+        # the server section and the client count; `tidings_worker` says which process
+        # of `tidings serve --workers N` answers (0: the only one)
+        service = self.service
+        lines = [
+            b"# Server",
+            b"redis_version:" + REDIS_VERSION.encode(),
+            b"redis_mode:standalone",
+            b"process_id:%d" % os.getpid(),
+            b"tidings_worker:%d" % service.worker,
+            b"",
+            b"# Clients",
+            b"connected_clients:%d" % service.connections_open,
+            b"",
+        ]
+        self.reply(resp.bulk(b"\r\n".join(lines)))
 
     def cmd_command(self, args: list[bytes]) -> None:
         # redis-cli asks for COMMAND DOCS to build its hints; an empty answer is enough
@@ -898,6 +956,7 @@ COMMANDS: Final[dict[bytes, Command]] = {
     b"reset": Command(b"reset", 1, C.cmd_reset, pubsub=True),
     b"publish": Command(b"publish", 3, C.cmd_publish),
     b"hello": Command(b"hello", -1, C.cmd_hello),
+    b"info": Command(b"info", -1, C.cmd_info),
     b"auth": Command(b"auth", -2, C.cmd_auth),
     b"echo": Command(b"echo", 2, C.cmd_echo),
     b"select": Command(b"select", 2, C.cmd_select),
@@ -958,6 +1017,8 @@ class RespService:
         self.publisher = publisher
         #: with a MySQL source, TIDINGS.SNAPSHOT (tidings.wire.snapshot_stream)
         self.snapshots = snapshots
+        #: which worker process this is (tidings.workers; 0: the only process), for INFO
+        self.worker = 0
         #: open connections (a dict as an ordered set)
         self.connections: dict[RespConnection, None] = {}
         self.stats = RespStats()
@@ -990,11 +1051,16 @@ class RespService:
         self.stats.connections_total += 1
         return RespConnection(self, next(self._ids))
 
-    async def start(self, host: str, port: int, *, backlog: int = 511) -> asyncio.Server:
-        """Listen on host:port; `backlog` as redis's tcp-backlog (asyncio's 100 is small)."""
+    async def start(
+        self, host: str, port: int, *, backlog: int = 511, reuse_port: bool = False
+    ) -> asyncio.Server:
+        """Listen on host:port; `backlog` as redis's tcp-backlog (asyncio's 100 is small);
+        `reuse_port`: SO_REUSEPORT, so that worker processes share the port."""
         loop = asyncio.get_running_loop()
         self._flusher = self._flusher or Flusher(loop)
-        server = await loop.create_server(self.protocol, host, port, backlog=backlog)
+        server = await loop.create_server(
+            self.protocol, host, port, backlog=backlog, reuse_port=reuse_port or None
+        )
         self.servers.append(server)
         return server
 

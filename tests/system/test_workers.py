@@ -1,0 +1,371 @@
+"""`tidings serve --workers 2` as a user runs it: real processes, a real MariaDB, redis-py
+and plain HTTP clients that find out which worker they reached (INFO's `tidings_worker`,
+/healthz's `worker`) and reconnect until they have the one they want."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.system.daemons import bulk_writes, receive
+from tidings.sandbox import PrivateMariaDB, free_port
+from tidings.source.notify import install
+from tidings.source.url import MySQLURL
+from tidings.state import CheckpointStore
+
+_dbs = itertools.count(1)
+TIMEOUT = 30
+
+
+class Served:
+    """One `tidings serve --workers N` process; its log (all processes) goes to a file."""
+
+    def __init__(self, tmp: Path, *args: str, workers: int = 2) -> None:
+        self.port = free_port()
+        self.http_port = free_port()
+        self.workers = workers
+        self.log_path = tmp / f"tidings-{self.port}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tidings.cli",
+                "serve",
+                "--workers",
+                str(workers),
+                "--resp",
+                f"127.0.0.1:{self.port}",
+                "--http",
+                f"127.0.0.1:{self.http_port}",
+                *args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.wait_log(r"worker \d+ \(pid \d+\) serving", workers)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, count: int = 1, timeout: float = 60) -> list[str]:
+        """Wait until the log has `count` lines matching `pattern`; return them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [line for line in self.log().splitlines() if re.search(pattern, line)]
+            if len(found) >= count:
+                return found
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no {count} x {pattern!r} in the log:\n{self.log()[-4000:]}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 40) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+def worker_pids(served: Served) -> dict[int, int]:
+    """The current pid of each worker, from the supervisor's "started" log lines."""
+    pids: dict[int, int] = {}
+    for line in served.wait_log(r"worker \d+ started \(pid \d+\)", served.workers):
+        match = re.search(r"worker (\d+) started \(pid (\d+)\)", line)
+        assert match is not None
+        pids[int(match[1])] = int(match[2])
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def info_field(info: bytes, name: str) -> int:
+    match = re.search(rb"\r\n" + name.encode() + rb":(\d+)\r\n", info)
+    assert match is not None, info
+    return int(match[1])
+
+
+async def on_worker(served: Served, worker: int, tries: int = 400) -> Any:
+    """A redis-py PubSub whose connection is on `worker` (reconnecting until it is)."""
+    for _ in range(tries):
+        client = aioredis.Redis(port=served.port)
+        pubsub = client.pubsub()
+        await pubsub.connect()
+        conn = pubsub.connection
+        await conn.send_command("INFO")
+        info = await conn.read_response()
+        if info_field(info, "tidings_worker") == worker:
+            return pubsub
+        await pubsub.aclose()
+        await client.aclose()
+    raise AssertionError(f"{tries} connections and none reached worker {worker}")
+
+
+async def client_on_worker(served: Served, worker: int, tries: int = 400) -> aioredis.Redis:
+    """A redis-py client with one connection, on `worker`."""
+    for _ in range(tries):
+        client = aioredis.Redis(port=served.port, single_connection_client=True)
+        info = await client.info("server")
+        if info["tidings_worker"] == worker:
+            return client
+        await client.aclose()
+    raise AssertionError(f"{tries} connections and none reached worker {worker}")
+
+
+@pytest.fixture
+def schema(mariadb: PrivateMariaDB) -> str:
+    name = f"workers{next(_dbs)}"
+    mariadb.sql(f"CREATE DATABASE {name}; CREATE TABLE {name}.t (n INT PRIMARY KEY, v TEXT)")
+    return name
+
+
+@pytest.fixture
+def served(mariadb: PrivateMariaDB, replica_server_id: int, tmp_path: Path) -> Iterator[Served]:
+    asyncio.run(install(MySQLURL.parse(mariadb.url())))  # for PUBLISH through the outbox
+    served = Served(
+        tmp_path,
+        "--mysql",
+        mariadb.url(),
+        "--server-id",
+        str(replica_server_id),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--allow-publish",
+    )
+    yield served
+    served.kill()
+
+
+async def closing(*pubsubs: Any) -> None:
+    for pubsub in pubsubs:
+        await pubsub.aclose()
+
+
+async def test_two_workers_deliver_the_same_rows_with_the_same_ids_and_resume_across(
+    mariadb: PrivateMariaDB, schema: str, served: Served
+) -> None:
+    channel = f"{schema}.t"
+    one, two = await on_worker(served, 1), await on_worker(served, 2)
+    await one.subscribe(channel)
+    await two.subscribe(channel)
+    for pubsub in (one, two):
+        assert (await pubsub.get_message(timeout=5))["type"] == "subscribe"
+    await asyncio.to_thread(mariadb.sql, bulk_writes(schema, 300, per_txn=50), schema)
+    got_one, got_two = await receive(one, 300), await receive(two, 300)
+    assert got_one == got_two, "same rows, same ids, same bytes on both workers"
+    ids = [e["id"] for e in got_one]
+    assert ids == list(range(ids[0], ids[0] + 300))
+    assert [e["data"]["n"] for e in got_one] == list(range(1, 301))
+
+    # the subscriber on worker 1 leaves; 200 more rows; it comes back on worker 2 with its
+    # last id and gets exactly what it missed, with the ids worker 2's subscriber saw live
+    await closing(one)
+    await asyncio.to_thread(mariadb.sql, bulk_writes(schema, 200, first=301, per_txn=50), schema)
+    live = await receive(two, 200)
+    back = await on_worker(served, 2)
+    await back.execute_command("TIDINGS.SUBSCRIBE", ids[-1], channel)
+    assert (await back.get_message(timeout=5))["type"] == "subscribe"
+    assert await receive(back, 200) == live
+    assert await back.get_message(timeout=0.5) is None
+    # and the other way round: from worker 2's history on worker 1
+    again = await on_worker(served, 1)
+    await again.execute_command("TIDINGS.SUBSCRIBE", live[99]["id"], channel)
+    assert (await again.get_message(timeout=5))["type"] == "subscribe"
+    assert await receive(again, 100) == live[100:]
+
+    # PUBLISH from either worker goes through the outbox into the one id stream; the reply
+    # counts the receivers on the worker that took it (here: none on 1, one on 2)
+    await two.subscribe(channel + ".chat")
+    assert (await two.get_message(timeout=5))["type"] == "subscribe"
+    pub_one, pub_two = await client_on_worker(served, 1), await client_on_worker(served, 2)
+    assert await pub_one.publish(channel + ".chat", "from one") == 0
+    assert await pub_two.publish(channel + ".chat", "from two") == 1
+    for text in (b"from one", b"from two"):
+        message = await two.get_message(timeout=10)
+        assert message is not None and message["data"] == text
+    for client in (pub_one, pub_two):
+        await client.aclose()
+    await closing(two, back, again)
+
+
+async def test_kill_9_a_worker_it_comes_back_and_the_other_loses_nothing(
+    mariadb: PrivateMariaDB, schema: str, served: Served
+) -> None:
+    channel = f"{schema}.t"
+    pids = worker_pids(served)
+    one, two = await on_worker(served, 1), await on_worker(served, 2)
+    for pubsub in (one, two):
+        await pubsub.subscribe(channel)
+        assert (await pubsub.get_message(timeout=5))["type"] == "subscribe"
+    await asyncio.to_thread(mariadb.sql, bulk_writes(schema, 100, per_txn=20), schema)
+    before = await receive(one, 100)
+    assert await receive(two, 100) == before
+
+    async def write() -> None:  # 40 transactions while worker 1 dies and comes back
+        for k in range(40):
+            first = 101 + 25 * k
+            await asyncio.to_thread(
+                mariadb.sql, bulk_writes(schema, 25, first=first, per_txn=25), schema
+            )
+            await asyncio.sleep(0.05)
+
+    writer = asyncio.ensure_future(write())
+    await asyncio.sleep(0.3)
+    os.kill(pids[1], signal.SIGKILL)
+    await writer
+    # worker 2's subscriber: every row once, in order, ids without a hole
+    after = await receive(two, 1000, timeout=60)
+    ids = [e["id"] for e in before + after]
+    assert ids == list(range(ids[0], ids[0] + 1100))
+    assert [e["data"]["n"] for e in after] == list(range(101, 1101))
+
+    # the supervisor noticed and started worker 1 again, which serves from its new copy of
+    # history: a client back on it resumes from the last id it had before the kill
+    served.wait_log(r"worker 1 killed by SIGKILL; starting it again")
+    served.wait_log(r"worker 1 \(pid \d+\) serving", 2)
+    starts = served.wait_log(r"worker 1 started \(pid \d+\)", 2)
+    new_pid = int(re.findall(r"\(pid (\d+)\)", starts[-1])[0])
+    assert new_pid != pids[1] and alive(new_pid)
+    restarted = await on_worker(served, 1)
+    await restarted.execute_command("TIDINGS.SUBSCRIBE", before[-1]["id"], channel)
+    assert (await restarted.get_message(timeout=5))["type"] == "subscribe"
+    assert await receive(restarted, 1000) == after
+    assert not alive(pids[1]) and alive(pids[2]), "worker 2 was never restarted"
+    await closing(one, two, restarted)
+
+
+async def test_sigterm_stops_every_process_and_writes_the_final_checkpoint(
+    mariadb: PrivateMariaDB, schema: str, served: Served, tmp_path: Path
+) -> None:
+    channel = f"{schema}.t"
+    pids = worker_pids(served)
+    sub = await on_worker(served, 2)
+    await sub.subscribe(channel)
+    assert (await sub.get_message(timeout=5))["type"] == "subscribe"
+    await asyncio.to_thread(mariadb.sql, bulk_writes(schema, 50, per_txn=10), schema)
+    events = await receive(sub, 50)
+    code = await asyncio.to_thread(served.stop)
+    assert code == 0, served.log()[-3000:]
+    assert not any(alive(pid) for pid in pids.values())
+    checkpoint = CheckpointStore(tmp_path / "state").load()
+    assert checkpoint is not None and checkpoint.next_id == events[-1]["id"] + 1
+    log = served.log()
+    assert "Traceback" not in log, log
+    # a client still connected was closed by its worker, not cut off by a kill
+    with pytest.raises(aioredis.ConnectionError):
+        await sub.get_message(timeout=5)
+    await closing(sub)
+
+
+# -- without a database: the reader gives the ids of every worker's PUBLISH --------------------
+class SseOnWorker:
+    """GET /sse on a connection that first asked /healthz which worker it reached."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, served: Served, worker: int, target: str) -> SseOnWorker:
+        for _ in range(400):
+            reader, writer = await asyncio.open_connection("127.0.0.1", served.http_port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+            length = int(re.search(rb"(?i)content-length: (\d+)", head)[1])  # type: ignore[index]
+            health = json.loads(await reader.readexactly(length))
+            if health["worker"] == worker:
+                writer.write(f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+                assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+                return cls(reader, writer)
+            writer.close()
+        raise AssertionError(f"no HTTP connection reached worker {worker}")
+
+    async def events(self, count: int) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
+        while len(out) < count:
+            block = await asyncio.wait_for(self.reader.readuntil(b"\n\n"), TIMEOUT)
+            fields = dict(line.split(b": ", 1) for line in block.split(b"\n") if b": " in line)
+            if b"data" in fields:
+                out.append((int(fields[b"id"]), fields[b"data"]))
+        return out
+
+
+@pytest.fixture
+async def pubsub_only(tmp_path: Path) -> AsyncIterator[Served]:
+    served = await asyncio.to_thread(Served, tmp_path, "--allow-publish")
+    yield served
+    served.kill()
+
+
+async def test_without_a_database_publish_on_both_workers_gets_unique_increasing_ids(
+    pubsub_only: Served,
+) -> None:
+    served = pubsub_only
+    streams = [await SseOnWorker.open(served, k, "/sse?channel=news") for k in (1, 2)]
+    pub_one, pub_two = await client_on_worker(served, 1), await client_on_worker(served, 2)
+
+    async def publish(client: aioredis.Redis, name: str) -> list[int]:
+        replies = []
+        for n in range(20):  # one at a time, then pipelined batches of 10
+            replies.append(await client.publish("news", f"{name}-{n}"))
+        for batch in range(3):
+            pipe = client.pipeline(transaction=False)
+            for n in range(10):
+                pipe.publish("news", f"{name}-p{batch}-{n}")
+            replies += await pipe.execute()
+        return replies
+
+    replies = await asyncio.gather(publish(pub_one, "one"), publish(pub_two, "two"))
+    # each worker has one subscriber (its SSE stream): the count of the worker that took it
+    assert replies == [[1] * 50, [1] * 50]
+    seen = [await stream.events(100) for stream in streams]
+    assert seen[0] == seen[1], "same messages, same ids, same order on both workers"
+    ids = [i for i, _ in seen[0]]
+    assert ids == list(range(ids[0], ids[0] + 100)), "unique, increasing by one"
+    payloads = [data for _, data in seen[0]]
+    assert sorted(payloads) == sorted(
+        [f"{name}-{n}".encode() for name in ("one", "two") for n in range(20)]
+        + [
+            f"{name}-p{b}-{n}".encode()
+            for name in ("one", "two")
+            for b in range(3)
+            for n in range(10)
+        ]
+    )
+    for name in ("one", "two"):  # each client's messages in the order it sent them
+        mine = [p for p in payloads if p.startswith(name.encode() + b"-")]
+        expected = [f"{name}-{n}".encode() for n in range(20)]
+        expected += [f"{name}-p{b}-{n}".encode() for b in range(3) for n in range(10)]
+        assert mine == expected
+    for client in (pub_one, pub_two):
+        await client.aclose()
+    for stream in streams:
+        stream.writer.close()
+    assert await asyncio.to_thread(served.stop) == 0
