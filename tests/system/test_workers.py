@@ -28,6 +28,7 @@ from tidings.state import CheckpointStore
 
 _dbs = itertools.count(1)
 TIMEOUT = 30
+TIDINGS = [sys.executable, "-m", "tidings.cli"]
 
 
 class Served:
@@ -41,9 +42,7 @@ class Served:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "tidings.cli",
+                *TIDINGS,
                 "serve",
                 "--workers",
                 str(workers),
@@ -138,6 +137,15 @@ async def client_on_worker(served: Served, worker: int, tries: int = 400) -> aio
     raise AssertionError(f"{tries} connections and none reached worker {worker}")
 
 
+async def http_get(served: Served, path: str) -> tuple[int, Any]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.http_port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+    data = await asyncio.wait_for(reader.read(), TIMEOUT)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), json.loads(body)
+
+
 @pytest.fixture
 def schema(mariadb: PrivateMariaDB) -> str:
     name = f"workers{next(_dbs)}"
@@ -199,6 +207,24 @@ async def test_two_workers_deliver_the_same_rows_with_the_same_ids_and_resume_ac
     assert (await again.get_message(timeout=5))["type"] == "subscribe"
     assert await receive(again, 100) == live[100:]
 
+    # a snapshot on a worker pairs with the reader's position marks, sent through the feed
+    snap = await on_worker(served, 1)
+    await snap.execute_command("TIDINGS.SNAPSHOT", channel)
+    assert (await snap.get_message(timeout=10))["type"] == "subscribe"
+    rows = await receive(snap, 501)
+    assert [r["type"] for r in rows] == ["snapshot"] * 500 + ["snapshot-end"]
+    assert sorted(r["data"]["n"] for r in rows[:500]) == list(range(1, 501))
+    assert rows[-1]["id"] == live[-1]["id"]
+    await asyncio.to_thread(mariadb.sql, f"INSERT INTO {channel} VALUES (501, 'after')")
+    assert [e["id"] for e in await receive(snap, 1)] == [live[-1]["id"] + 1]
+    assert (await receive(two, 1))[0]["id"] == live[-1]["id"] + 1
+
+    # /healthz on every worker reports the one binlog reader
+    for _ in range(10):
+        status, health = await http_get(served, "/healthz")
+        assert status == 200 and health["status"] == "ok" and health["worker"] in (1, 2)
+        assert health["lag_seconds"] < 5
+
     # PUBLISH from either worker goes through the outbox into the one id stream; the reply
     # counts the receivers on the worker that took it (here: none on 1, one on 2)
     await two.subscribe(channel + ".chat")
@@ -211,7 +237,7 @@ async def test_two_workers_deliver_the_same_rows_with_the_same_ids_and_resume_ac
         assert message is not None and message["data"] == text
     for client in (pub_one, pub_two):
         await client.aclose()
-    await closing(two, back, again)
+    await closing(two, back, again, snap)
 
 
 async def test_kill_9_a_worker_it_comes_back_and_the_other_loses_nothing(
@@ -260,8 +286,8 @@ async def test_kill_9_a_worker_it_comes_back_and_the_other_loses_nothing(
     await closing(one, two, restarted)
 
 
-async def test_sigterm_stops_every_process_and_writes_the_final_checkpoint(
-    mariadb: PrivateMariaDB, schema: str, served: Served, tmp_path: Path
+async def test_sigterm_stops_everything_then_a_restart_resumes_the_ids_on_every_worker(
+    mariadb: PrivateMariaDB, schema: str, served: Served, tmp_path: Path, replica_server_id: int
 ) -> None:
     channel = f"{schema}.t"
     pids = worker_pids(served)
@@ -275,12 +301,62 @@ async def test_sigterm_stops_every_process_and_writes_the_final_checkpoint(
     assert not any(alive(pid) for pid in pids.values())
     checkpoint = CheckpointStore(tmp_path / "state").load()
     assert checkpoint is not None and checkpoint.next_id == events[-1]["id"] + 1
-    log = served.log()
-    assert "Traceback" not in log, log
+    assert "Traceback" not in served.log(), served.log()
     # a client still connected was closed by its worker, not cut off by a kill
     with pytest.raises(aioredis.ConnectionError):
         await sub.get_message(timeout=5)
     await closing(sub)
+
+    # 30 rows while it is down; it starts again with history for 10 events only: the
+    # reader refills that, the workers get it through the feed, and a client resuming
+    # from before all 80 is served the older ones by its worker re-reading the binlog
+    await asyncio.to_thread(mariadb.sql, bulk_writes(schema, 30, first=51, per_txn=10), schema)
+    again = await asyncio.to_thread(
+        Served,
+        tmp_path,
+        "--mysql",
+        mariadb.url(),
+        "--server-id",
+        str(replica_server_id),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--history-events",
+        "10",
+    )
+    try:
+        for worker in (1, 2):
+            back = await on_worker(again, worker)
+            await back.execute_command("TIDINGS.SUBSCRIBE", events[0]["id"] - 1, channel)
+            assert (await back.get_message(timeout=5))["type"] == "subscribe"
+            got = await receive(back, 80)
+            assert got[:50] == events, "the same ids and bytes as before the restart"
+            ids = [e["id"] for e in got]
+            assert ids == list(range(ids[0], ids[0] + 80))
+            assert [e["data"]["n"] for e in got] == list(range(1, 81))
+            await closing(back)
+        # each worker re-read with server_ids of its own (server_id + 1 + (k-1) * 2 + slot)
+        for worker, server_id in ((1, replica_server_id + 1), (2, replica_server_id + 3)):
+            again.wait_log(rf"worker {worker} .*re-reading the binlog .* server_id={server_id}")
+    finally:
+        assert await asyncio.to_thread(again.stop) == 0
+
+
+def test_a_fatal_reader_error_stops_the_workers_and_exits_1(
+    mariadb: PrivateMariaDB, tmp_path: Path
+) -> None:
+    url = mariadb.url(user="nobody", password="wrong")
+    resp = f"127.0.0.1:{free_port()}"
+    proc = subprocess.run(
+        [*TIDINGS, "serve", "--workers", "2", "--mysql", url, "--resp", resp, "--http", ""],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "tidings: replication stopped:" in proc.stderr and "Access denied" in proc.stderr
+    pids = [int(pid) for pid in re.findall(r"worker \d started \(pid (\d+)\)", proc.stderr)]
+    assert len(pids) == 2 and not any(alive(pid) for pid in pids)
 
 
 # -- without a database: the reader gives the ids of every worker's PUBLISH --------------------
