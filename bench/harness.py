@@ -286,6 +286,7 @@ class Tidings(Server):
         mysql: str | None = None,
         server_id: int = 4242,
         output_limit: int = 16 << 20,
+        workers: int = 1,
     ) -> None:
         super().__init__()
         cmd = [str(TIDINGS), "serve", "--resp", f"127.0.0.1:{self.port}", "--http", ""]
@@ -293,14 +294,30 @@ class Tidings(Server):
         cmd += ["--output-limit", str(output_limit)]
         if mysql:
             cmd += ["--mysql", mysql, "--server-id", str(server_id)]
+        if workers > 1:
+            cmd += ["--workers", str(workers)]
         self.command = cmd
+        self.workers = workers
         self.logfile = logdir / f"tidings-{self.port}.log"
         with open(self.logfile, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         wait_resp(self.port, proc=self.proc)
+        if workers > 1:  # every worker listening, or the first would take every client
+            deadline = time.monotonic() + 30
+            while self.log_text().count(") serving") < workers:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"not all workers started:\n{self.log_text()[-2000:]}")
+                time.sleep(0.05)
 
     def log_text(self) -> str:
         return self.logfile.read_text(errors="replace")
+
+    def cpu(self) -> float:
+        """The daemon's CPU: with workers, the supervisor's (the binlog reader) and theirs."""
+        return sum(tree_cpu(self.pid).values())
+
+    def rss(self) -> int:
+        return sum(rss_bytes(pid) for pid in [self.pid, *children(self.pid)])
 
 
 class Redis(Server):
