@@ -234,7 +234,9 @@ def main() -> None:
                 version = redis.version()
                 servers.append(redis)
         steps = run(servers, counts, args.pings, args.rounds, args.bare)
-    micro = {n: multiplex_cost(n) for n in sorted({*counts, 1000})}
+    # one process holds the descriptors: up to its limit (the 100,000 of --workers 6 do not fit)
+    limit = raise_nofile() - 100
+    micro = {n: multiplex_cost(n) for n in sorted({*counts, 1000}) if n <= limit}
 
     rows = []
     base = {s.server: s for s in steps if s.idle == counts[0]}
