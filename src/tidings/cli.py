@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 
 from tidings import __version__
 from tidings.config import ConfigError, Settings, add_arguments, from_arguments, parse_hostport
+from tidings.logs import setup_logging
 
 DESCRIPTION = """\
 tidings pushes every committed MySQL/MariaDB row change to subscribers the
@@ -129,14 +129,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from tidings.daemon import install_uvloop
@@ -144,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             settings = from_arguments(args)
-            _setup_logging(settings.log_level)
+            setup_logging(settings.log_level, settings.log_format)
             from tidings.daemon import serve
             from tidings.source.replica import ReplicaError
             from tidings.state import StateError
@@ -187,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 install_main(args.mysql, args.schema, sys.stdout, print_only=args.print)
             )
         if args.command == "demo":
-            _setup_logging("warning")
+            setup_logging("warning")
             from tidings.demo import demo_main
 
             return demo_main(args.seconds)

@@ -143,6 +143,11 @@ class Settings:
         kind="size",
     )
     log_level: str = _opt("info", "debug, info, warning or error", metavar="LEVEL")
+    log_format: str = _opt(
+        "text",
+        "'text' (one readable line per entry) or 'json' (one JSON object per line)",
+        metavar="FORMAT",
+    )
 
     def __post_init__(self) -> None:
         if self.resp:
@@ -175,6 +180,8 @@ class Settings:
             raise ConfigError(
                 f"log_level must be debug, info, warning or error: {self.log_level!r}"
             )
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be text or json: {self.log_format!r}")
 
 
 def parse_hostport(text: str) -> tuple[str, int]:

@@ -45,6 +45,7 @@ from tidings.state import (
     read_server_facts,
 )
 from tidings.state.reread import Rereader
+from tidings.systemd import Notifier
 from tidings.wire.http_server import HttpService, HttpSettings
 from tidings.wire.resp_server import RespService, RespSettings
 from tidings.wire.snapshot_stream import SnapshotService
@@ -93,6 +94,8 @@ class Daemon:
         self.catch_up_to: Position | None = None
         #: set once the start-up re-reading (if any) has caught up with the checkpoint
         self.live = asyncio.Event()
+        #: set once the client listeners are open (systemd's READY)
+        self.listening = asyncio.Event()
         self._last_mark = 0
         self._stopping = asyncio.Event()
         self._schema: SchemaLookup | None = None
@@ -206,6 +209,7 @@ class Daemon:
         log.info(
             "descriptor limit %d: room for about %d client connections", capacity, capacity - 50
         )
+        self.listening.set()
 
     def event_options(self) -> dict[str, Any]:
         """The settings that decide which events the binlog gives (kept in the checkpoint)."""
@@ -479,7 +483,27 @@ def install_uvloop() -> bool:
 
 async def serve(settings: Settings) -> None:
     daemon = Daemon(settings)
+    systemd = Notifier()
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        systemd.stopping()
+        daemon.stop()
+
+    def ready(_: object) -> None:
+        listeners = [
+            f"{name} {address[0]}:{address[1]}"
+            for name, address in (("RESP", daemon.resp_address), ("HTTP", daemon.http_address))
+            if address is not None
+        ]
+        systemd.ready("serving " + ", ".join(listeners))
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, daemon.stop)
-    await daemon.run()
+        loop.add_signal_handler(sig, stop)
+    listening = asyncio.ensure_future(daemon.listening.wait())
+    listening.add_done_callback(ready)
+    try:
+        await daemon.run()
+    finally:
+        listening.cancel()
+        systemd.close()
