@@ -420,7 +420,12 @@ class Daemon:
 
         The pump finishes the transaction it is publishing (the replica's stream
         ends once closed), so the final checkpoint is the last transaction's end.
+        New connections are refused from the start; connected clients get what was
+        published, then a reason (see SHUTDOWN_REASON), within a deadline.
         """
+        for service in (self.resp, self.http):
+            if service is not None:
+                service.stop_listening()
         if self.publisher is not None:
             await self.publisher.close()  # pending PUBLISHes get an error reply
         if self.purger is not None:
@@ -465,11 +470,15 @@ class Daemon:
         if self._schema is not None:
             await self._schema.close()
         if self.http is not None:
-            await self.http.close()
+            await self.http.close(reason=SHUTDOWN_REASON)
         if self.resp is not None:
-            await self.resp.close()
+            await self.resp.close(reason=SHUTDOWN_REASON)
             if self.resp.snapshots is not None:
                 await self.resp.snapshots.close()
+
+
+#: what clients are told when the daemon stops (RESP error, SSE comment, WebSocket close 1001)
+SHUTDOWN_REASON = "tidings is shutting down: reconnect and resume from your last event id"
 
 
 def install_uvloop() -> bool:

@@ -258,11 +258,11 @@ class HttpConnection(asyncio.Protocol):
             self._waiting.cancel()
         self.service._forget(self)
 
-    def close(self) -> None:
-        """Send what is queued, then close."""
+    def close(self, last_words: bytes = b"") -> None:
+        """Send what is queued (and, on an event stream, `last_words`), then close."""
         if not self._closed:
             self._closed = True
-            self.outbox.close()
+            self.outbox.close(last_words=last_words if self.sse else b"")
             self._leave()
 
     def _leave(self) -> None:
@@ -791,23 +791,29 @@ class HttpService:
         return out.text()
 
     # -- ending ------------------------------------------------------------------------------
-    def close_clients(self) -> None:
+    def close_clients(self, reason: str = "") -> None:
+        """Close every connection; event streams get `reason` as a last comment."""
+        last_words = http.sse_comment(reason) if reason else b""
         for conn in list(self.connections):
-            conn.close()
+            conn.close(last_words)
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Stop listening, close the clients and wait (up to `timeout`) for them to go."""
+    def stop_listening(self) -> None:
         for server in self.servers:
             server.close()
+
+    async def close(self, timeout: float = 5.0, reason: str = "") -> None:
+        """Stop listening, close the clients (telling event streams and WebSocket clients
+        `reason`) and wait (up to `timeout`) for them to go."""
+        self.stop_listening()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
         if self._monitor is not None:
             self._monitor.stop()
             self._monitor = None
-        self.close_clients()
+        self.close_clients(reason)
         if self.websocket is not None:  # connections handed over at /ws
-            self.websocket.close_clients()
+            self.websocket.close_clients(reason)
         if self.connections:
             self._drained = asyncio.get_running_loop().create_future()
             with contextlib.suppress(asyncio.TimeoutError):

@@ -348,11 +348,12 @@ class RespConnection(asyncio.Protocol):
             self._logged = True
             log.info("client id=%d addr=%s: %s", self.id, self.peer, why)
 
-    def close(self) -> None:
-        """Send what is queued, then close the connection (ignore further commands)."""
+    def close(self, last_words: bytes = b"") -> None:
+        """Send what is queued (and `last_words`), then close the connection (ignore
+        further commands)."""
         if not self._closed:
             self._closed = True
-            self.outbox.close()
+            self.outbox.close(last_words=last_words)
             self._unsubscribe_all()  # nothing more will be sent: leave the hub now
 
     def _cut(self) -> None:
@@ -998,16 +999,22 @@ class RespService:
         self.servers.append(server)
         return server
 
-    def close_clients(self) -> None:
-        """Close every client connection, sending what is already queued first."""
+    def close_clients(self, reason: str = "") -> None:
+        """Close every client connection, sending what is already queued first, then
+        `reason` as an error reply (redis-py raises it as a ResponseError)."""
+        last_words = resp.error(b"ERR " + reason.encode()) if reason else b""
         for conn in list(self.connections):
-            conn.close()
+            conn.close(last_words)
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Stop listening, close the clients and wait (up to `timeout`) for them to go."""
+    def stop_listening(self) -> None:
         for server in self.servers:
             server.close()
-        self.close_clients()
+
+    async def close(self, timeout: float = 5.0, reason: str = "") -> None:
+        """Stop listening, close the clients (telling them `reason`) and wait (up to
+        `timeout`) for them to go."""
+        self.stop_listening()
+        self.close_clients(reason)
         if self.connections:
             self._drained = asyncio.get_running_loop().create_future()
             with contextlib.suppress(asyncio.TimeoutError):

@@ -168,10 +168,10 @@ class WsService:
             self, next(self._ids), ws.handshake_response(accept_value), request.headers
         )
 
-    def close_clients(self) -> None:
-        """Close every session with 1001 (going away)."""
+    def close_clients(self, reason: str = "server shutting down") -> None:
+        """Close every session with 1001 (going away) and `reason`."""
         for conn in list(self.connections):
-            conn.close(ws.GOING_AWAY, "server shutting down")
+            conn.close(ws.GOING_AWAY, reason or "server shutting down")
 
     def _forget(self, conn: WsConnection) -> None:
         self.connections.pop(conn, None)
