@@ -73,6 +73,27 @@ class Settings:
         "GET /healthz answers 503 while the binlog stream is more than this many seconds behind",
         metavar="S",
     )
+    max_clients: int = _opt(
+        0,
+        "most client connections open at once, all listeners together; more are told "
+        "'max number of clients reached' and closed (0: as many as the descriptor limit allows)",
+        metavar="N",
+    )
+    max_clients_per_ip: int = _opt(
+        0, "most client connections open at once from one address (0: no limit)", metavar="N"
+    )
+    idle_timeout: float = _opt(
+        0.0,
+        "close a RESP connection that has no subscription and sent nothing for this many "
+        "seconds, as redis's `timeout` (0: never)",
+        metavar="S",
+    )
+    request_timeout: float = _opt(
+        30.0,
+        "HTTP: close a connection whose next request has not fully arrived this many seconds "
+        "after it connected or got its last answer (408 if the request had begun; 0: never)",
+        metavar="S",
+    )
     max_bulk: int = _opt(
         64 * 1024, "largest bulk string a client may send (bytes; k/M suffix ok)", kind="size"
     )
@@ -160,6 +181,10 @@ class Settings:
             raise ConfigError(f"server_id must be between 1 and 4294967295, not {self.server_id}")
         if self.max_bulk < 1 or self.output_limit < 1024:
             raise ConfigError("max_bulk must be >= 1 and output_limit >= 1024 bytes")
+        if min(self.max_clients, self.max_clients_per_ip) < 0:
+            raise ConfigError("max_clients and max_clients_per_ip must be >= 0 (0: no limit)")
+        if min(self.idle_timeout, self.request_timeout) < 0:
+            raise ConfigError("idle_timeout and request_timeout must be >= 0 seconds (0: never)")
         if self.heartbeat <= 0:
             raise ConfigError("heartbeat must be > 0 seconds")
         if not _SCHEMA_NAME.match(self.outbox_schema):  # as tidings.source.notify checks it

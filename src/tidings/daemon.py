@@ -47,6 +47,7 @@ from tidings.state import (
 from tidings.state.reread import Rereader
 from tidings.systemd import Notifier
 from tidings.wire.http_server import HttpService, HttpSettings
+from tidings.wire.limits import Admission, Limits
 from tidings.wire.resp_server import RespService, RespSettings
 from tidings.wire.snapshot_stream import SnapshotService
 from tidings.wire.ws_session import WsService, WsSettings
@@ -108,6 +109,15 @@ class Daemon:
         # set while the pump is between transactions (not in the middle of publishing one)
         self._between = asyncio.Event()
         self._between.set()
+        #: connection limits shared by the RESP and HTTP listeners
+        self.admission = Admission(
+            Limits(
+                max_clients=settings.max_clients,
+                max_clients_per_ip=settings.max_clients_per_ip,
+                idle_timeout=settings.idle_timeout,
+                request_timeout=settings.request_timeout,
+            )
+        )
 
     async def start(self) -> None:
         """Decide the ids and where to read; the listeners open in `listen()`."""
@@ -118,6 +128,7 @@ class Daemon:
                 RespSettings(
                     allow_publish=s.allow_publish, max_bulk=s.max_bulk, output_limit=s.output_limit
                 ),
+                admission=self.admission,
             )
         if s.http:
             self.http = HttpService(
@@ -131,6 +142,7 @@ class Daemon:
                 ),
                 has_source=bool(s.mysql),
                 resp=self.resp,
+                admission=self.admission,
             )
             # /ws sessions: one service, so /metrics counts them and stop() closes them
             self.http.websocket = WsService(self.hub, WsSettings.from_settings(s))
@@ -206,9 +218,16 @@ class Daemon:
             server = await self.http.start(host, port)
             self.http_address = server.sockets[0].getsockname()[:2]
             log.info("HTTP (SSE, WebSocket, API) on http://%s:%d/", *self.http_address)
+        room = capacity - 50  # the daemon's own descriptors: MySQL, state files, listeners
+        if not s.max_clients:
+            self.admission.max_clients = room
+        elif s.max_clients > room:
+            log.warning("max_clients %d is above what the descriptor limit allows (%d)",
+                        s.max_clients, room)  # fmt: skip
         log.info(
-            "descriptor limit %d: room for about %d client connections", capacity, capacity - 50
-        )
+            "descriptor limit %d: room for about %d client connections; max_clients %d",
+            capacity, room, self.admission.max_clients,
+        )  # fmt: skip
         self.listening.set()
 
     def event_options(self) -> dict[str, Any]:

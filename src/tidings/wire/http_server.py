@@ -52,6 +52,7 @@ from tidings.hub.filters import FilterError
 from tidings.hub.resume import check_since
 from tidings.wire import http, ws_session
 from tidings.wire.http import HttpError, Request, RequestParser
+from tidings.wire.limits import Admission, Clock, peer_host
 from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
 from tidings.wire.replay_queue import ReplayQueue
 
@@ -124,6 +125,8 @@ class HttpStats:
     responses: dict[int, int] = field(default_factory=dict)
     #: SSE events queued (one per event per stream)
     deliveries: int = 0
+    #: connections closed because a request did not arrive within request_timeout
+    request_timeouts: int = 0
 
 
 # -- SSE frames ---------------------------------------------------------------------------------
@@ -158,6 +161,7 @@ class HttpConnection(asyncio.Protocol):
 
     __slots__ = (
         "_closed",
+        "_host",
         "_read_paused",
         "_replays",
         "_waiting",
@@ -171,6 +175,7 @@ class HttpConnection(asyncio.Protocol):
         "peer",
         "service",
         "settings",
+        "since",
         "sse",
         "transport",
     )
@@ -195,6 +200,10 @@ class HttpConnection(asyncio.Protocol):
         self._closed = False
         self._read_paused = False
         self._waiting: asyncio.Future[None] | None = None
+        #: the address counted by the service's Admission (None: not admitted)
+        self._host: str | None = None
+        #: since when the next request is awaited (coarse clock), for request_timeout
+        self.since = service.clock.now
 
     def __repr__(self) -> str:
         return f"<HttpConnection id={self.id} addr={self.peer}>"
@@ -229,6 +238,15 @@ class HttpConnection(asyncio.Protocol):
         #: the SSE stream's resume, if it was asked for one (a queue of at most one)
         self._replays = ReplayQueue(self.outbox, self.service.flusher)
         self.service.connections[self] = None
+        host = peer_host(transport)
+        admission = self.service.admission
+        refused = admission.enter(host)
+        if refused is not None:
+            log.info("http addr=%s refused: %s", self.peer, refused)
+            status = 503 if refused == "max_clients" else 429
+            self.respond_error(status, admission.refusal(refused, host), keep_alive=False)
+        else:
+            self._host = host
 
     def data_received(self, data: bytes) -> None:
         if self._closed or self.sse:
@@ -257,6 +275,13 @@ class HttpConnection(asyncio.Protocol):
         if self._waiting is not None:
             self._waiting.cancel()
         self.service._forget(self)
+        self._release()
+
+    def _release(self) -> None:
+        """Give back this connection's place in the service's Admission."""
+        if self._host is not None:
+            self.service.admission.leave(self._host)
+            self._host = None
 
     def close(self, last_words: bytes = b"") -> None:
         """Send what is queued (and, on an event stream, `last_words`), then close."""
@@ -301,6 +326,7 @@ class HttpConnection(asyncio.Protocol):
                 log.exception("http id=%d addr=%s: request failed", self.id, self.peer)
                 self.respond_error(500, "internal error", keep_alive=False)
                 return
+            self.since = self.service.clock.now
         # a client that pipelines faster than it reads waits for the kernel; one whose
         # request awaits its answer sends nothing more meanwhile (bounded buffering)
         paused = self.outbox.paused or self._waiting is not None
@@ -487,6 +513,8 @@ class HttpConnection(asyncio.Protocol):
         self._closed = True
         self.outbox.lost()
         self.service._forget(self)
+        if isinstance(proto, ws_session.WsConnection):  # it holds our admission from now on
+            proto.on_lost = self._release
         self.transport.set_protocol(proto)
         proto.connection_made(self.transport)
         if rest:
@@ -577,6 +605,7 @@ class HttpService:
         publisher: Publisher | None = None,
         has_source: bool = False,
         resp: Any = None,
+        admission: Admission | None = None,
     ) -> None:
         self.hub = hub
         self.settings = settings or HttpSettings()
@@ -600,6 +629,26 @@ class HttpService:
         self._ids = itertools.count(1)
         self.servers: list[asyncio.Server] = []
         self._drained: asyncio.Future[None] | None = None
+        #: connection limits, shared with the RESP listener by the daemon
+        self.admission = admission or Admission()
+        self.clock = Clock(self._sweep)
+
+    def _sweep(self, now: float) -> None:
+        """Once a second: close connections whose next request has not arrived within
+        request_timeout (a request begun gets 408; a silent keep-alive is just closed)."""
+        timeout = self.admission.limits.request_timeout
+        if timeout <= 0:
+            return
+        for conn in tuple(self.connections):
+            if conn.sse or conn._closed or conn._waiting is not None:
+                continue
+            if now - conn.since > timeout:
+                self.stats.request_timeouts += 1
+                if conn.parser.buffered:
+                    message = f"request not received within {timeout:g} s"
+                    conn.respond_error(408, message, keep_alive=False)
+                else:
+                    conn.close()
 
     @property
     def source(self) -> SourceStatus | None:
@@ -644,6 +693,7 @@ class HttpService:
             self._heartbeat = loop.call_later(self.settings.sse_heartbeat, self._beat)
         server = await loop.create_server(self.protocol, host, port, backlog=backlog)
         self.servers.append(server)
+        self.clock.start()
         return server
 
     def _beat(self) -> None:
@@ -753,6 +803,27 @@ class HttpService:
             "protocol",
             cut,
         )
+        admission = self.admission
+        out.gauge(
+            "tidings_max_clients", "Client connections allowed at once.", admission.max_clients
+        )
+        out.family(
+            "tidings_connections_refused",
+            "counter",
+            "Connections refused at accept for being over a limit.",
+            "reason",
+            sorted(admission.refused.items()),
+        )
+        timeouts: list[tuple[str, float]] = [("request_timeout", stats.request_timeouts)]
+        if resp is not None:
+            timeouts.append(("idle_timeout", resp.idle_closed))
+        out.family(
+            "tidings_connections_timed_out",
+            "counter",
+            "Connections closed by idle_timeout (RESP) or request_timeout (HTTP).",
+            "reason",
+            timeouts,
+        )
         out.family(
             "tidings_http_responses",
             "counter",
@@ -800,6 +871,7 @@ class HttpService:
     def stop_listening(self) -> None:
         for server in self.servers:
             server.close()
+        self.clock.stop()
 
     async def close(self, timeout: float = 5.0, reason: str = "") -> None:
         """Stop listening, close the clients (telling event streams and WebSocket clients

@@ -55,6 +55,7 @@ from tidings.hub.filtering import split
 from tidings.hub.filters import FilterError
 from tidings.hub.resume import check_since
 from tidings.wire import resp
+from tidings.wire.limits import Admission, Clock, peer_host
 from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
 from tidings.wire.replay_queue import ReplayQueue
 from tidings.wire.snapshot_stream import SnapshotRequestError, SnapshotService, SnapshotStream
@@ -182,6 +183,7 @@ class RespConnection(asyncio.Protocol):
 
     __slots__ = (
         "_closed",
+        "_host",
         "_logged",
         "_message_encode",
         "_message_key",
@@ -190,6 +192,7 @@ class RespConnection(asyncio.Protocol):
         "_replays",
         "_waiting",
         "_write",
+        "active",
         "channels",
         "hub",
         "id",
@@ -229,6 +232,10 @@ class RespConnection(asyncio.Protocol):
         self._closed = False
         self._logged = False
         self._read_paused = False
+        #: the address counted by the service's Admission (None: not admitted)
+        self._host: str | None = None
+        #: when data last came in (the service clock's coarse time), for idle_timeout
+        self.active = service.clock.now
         #: a command whose reply is awaited (PUBLISH through the database): later commands wait
         self._waiting: asyncio.Task[None] | None = None
         self._set_protocol(resp3=False)
@@ -276,10 +283,19 @@ class RespConnection(asyncio.Protocol):
         #: TIDINGS.(P)SUBSCRIBE replays and snapshots not yet caught up, one after the other
         self._replays = ReplayQueue(self.outbox, self.service.flusher)
         self.service.connections[self] = None
+        host = peer_host(transport)
+        admission = self.service.admission
+        refused = admission.enter(host)
+        if refused is not None:
+            log.info("client addr=%s refused: %s", self.peer, refused)
+            self.close(resp.error(b"ERR " + admission.refusal(refused, host).encode()))
+        else:
+            self._host = host
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
+        self.active = self.service.clock.now
         self.parser.feed(data)
         self._run_commands()
 
@@ -341,6 +357,9 @@ class RespConnection(asyncio.Protocol):
         self.outbox.lost()
         self._unsubscribe_all()
         self.service._forget(self)
+        if self._host is not None:
+            self.service.admission.leave(self._host)
+            self._host = None
 
     def _log_end(self, why: str) -> None:
         """Log an abnormal end once per connection (lost, reset, cut short)."""
@@ -355,6 +374,13 @@ class RespConnection(asyncio.Protocol):
             self._closed = True
             self.outbox.close(last_words=last_words)
             self._unsubscribe_all()  # nothing more will be sent: leave the hub now
+
+    @property
+    def idle(self) -> bool:
+        """Nothing subscribed, nothing pending: what idle_timeout may close."""
+        return not (
+            self.channels or self.patterns or self._replays or self._waiting or self._closed
+        )
 
     def _cut(self) -> None:
         """The outbox cut this slow consumer off: leave the hub, ignore further commands."""
@@ -952,6 +978,7 @@ class RespService:
         *,
         publisher: Publisher | None = None,
         snapshots: SnapshotService | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.hub = hub
         self.settings = settings or RespSettings()
@@ -966,6 +993,24 @@ class RespService:
         self._ids = itertools.count(1)
         self.servers: list[asyncio.Server] = []
         self._drained: asyncio.Future[None] | None = None  # close() waits on it
+        #: connection limits, shared with the HTTP listener by the daemon
+        self.admission = admission or Admission()
+        self.clock = Clock(self._sweep)
+        #: connections closed for being idle past admission.limits.idle_timeout
+        self.idle_closed = 0
+
+    def _sweep(self, now: float) -> None:
+        """Once a second: close connections idle (no subscription, no request) too long."""
+        timeout = self.admission.limits.idle_timeout
+        if timeout <= 0:
+            return
+        for conn in tuple(self.connections):
+            if now - conn.active > timeout and conn.idle:
+                self.idle_closed += 1
+                log.info("client id=%d addr=%s: idle for %.0f s; closing", conn.id, conn.peer,
+                         now - conn.active)  # fmt: skip
+                conn.close()  # silently, as redis does: a reply nobody asked for would be
+                # taken for the answer to the client's next command
 
     def _forget(self, conn: RespConnection) -> None:
         self.connections.pop(conn, None)
@@ -997,6 +1042,7 @@ class RespService:
         self._flusher = self._flusher or Flusher(loop)
         server = await loop.create_server(self.protocol, host, port, backlog=backlog)
         self.servers.append(server)
+        self.clock.start()
         return server
 
     def close_clients(self, reason: str = "") -> None:
@@ -1009,6 +1055,7 @@ class RespService:
     def stop_listening(self) -> None:
         for server in self.servers:
             server.close()
+        self.clock.stop()
 
     async def close(self, timeout: float = 5.0, reason: str = "") -> None:
         """Stop listening, close the clients (telling them `reason`) and wait (up to

@@ -43,7 +43,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
 
@@ -218,6 +218,7 @@ class WsConnection(asyncio.Protocol):
         "channels",
         "hub",
         "id",
+        "on_lost",
         "origin",
         "outbox",
         "parser",
@@ -241,6 +242,8 @@ class WsConnection(asyncio.Protocol):
         self._response = response
         #: the Origin header as sent (browsers send it; an allow-list is for later)
         self.origin = headers.get("origin")
+        #: called once the connection is gone (the HTTP listener releases its admission)
+        self.on_lost: Callable[[], None] | None = None
         self.parser = ws.FrameParser(s.max_message)
         self.peer = "?"
         self.channels: dict[str, None] = {}
@@ -344,6 +347,9 @@ class WsConnection(asyncio.Protocol):
         self.outbox.lost()
         self._leave()
         self.service._forget(self)
+        if self.on_lost is not None:
+            self.on_lost()
+            self.on_lost = None
 
     # -- ending ------------------------------------------------------------------------------
     def close(self, code: int = ws.NORMAL, reason: str = "") -> None:
