@@ -41,6 +41,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import Any, Final, Protocol, cast
 
 import orjson
@@ -651,7 +652,16 @@ class HttpService:
         self.stats.connections_total += 1
         return HttpConnection(self, next(self._ids))
 
-    async def start(self, host: str, port: int, *, backlog: int = 511) -> asyncio.Server:
+    async def start(
+        self,
+        host: str,
+        port: int,
+        *,
+        backlog: int = 511,
+        ssl: SSLContext | None = None,
+        ssl_handshake_timeout: float | None = None,
+    ) -> asyncio.Server:
+        """Listen on host:port; with `ssl`, HTTPS only (and wss:// for /ws: tidings.tls)."""
         loop = asyncio.get_running_loop()
         self._flusher = self._flusher or Flusher(loop)
         if self._monitor is None:
@@ -660,7 +670,14 @@ class HttpService:
             self._monitor.start()
         if self._heartbeat is None and self.settings.sse_heartbeat > 0:
             self._heartbeat = loop.call_later(self.settings.sse_heartbeat, self._beat)
-        server = await loop.create_server(self.protocol, host, port, backlog=backlog)
+        server = await loop.create_server(
+            self.protocol,
+            host,
+            port,
+            backlog=backlog,
+            ssl=ssl,
+            ssl_handshake_timeout=ssl_handshake_timeout if ssl else None,
+        )
         self.servers.append(server)
         return server
 

@@ -47,6 +47,7 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Final, NamedTuple, cast
 
 from tidings.event import Event
@@ -1017,11 +1018,27 @@ class RespService:
         self.stats.connections_total += 1
         return RespConnection(self, next(self._ids))
 
-    async def start(self, host: str, port: int, *, backlog: int = 511) -> asyncio.Server:
-        """Listen on host:port; `backlog` as redis's tcp-backlog (asyncio's 100 is small)."""
+    async def start(
+        self,
+        host: str,
+        port: int,
+        *,
+        backlog: int = 511,
+        ssl: SSLContext | None = None,
+        ssl_handshake_timeout: float | None = None,
+    ) -> asyncio.Server:
+        """Listen on host:port; `backlog` as redis's tcp-backlog (asyncio's 100 is small);
+        with `ssl`, TLS only (tidings.tls)."""
         loop = asyncio.get_running_loop()
         self._flusher = self._flusher or Flusher(loop)
-        server = await loop.create_server(self.protocol, host, port, backlog=backlog)
+        server = await loop.create_server(
+            self.protocol,
+            host,
+            port,
+            backlog=backlog,
+            ssl=ssl,
+            ssl_handshake_timeout=ssl_handshake_timeout if ssl else None,
+        )
         self.servers.append(server)
         return server
 
