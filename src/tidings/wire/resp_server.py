@@ -314,12 +314,13 @@ class RespConnection(asyncio.Protocol):
             self._read_paused = True
             self.transport.pause_reading()
 
-    def eof_received(self) -> bool:
-        # redis frees a client on EOF (after replying to what it already read); so do we
+    def eof_received(self) -> None:
+        # redis frees a client on EOF (after replying to what it already read); so do we.
+        # close() has closed the transport gracefully: nothing to keep half-open (which TLS
+        # cannot do anyway: asyncio warns when eof_received returns True there)
         if self.parser.mid_command and not self._closed:
             self._log_end("disconnected mid-command")
         self.close()
-        return True
 
     def pause_writing(self) -> None:
         self.outbox.pause_writing()
