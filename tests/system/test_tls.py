@@ -397,9 +397,29 @@ def test_serve_with_redis_cli_tls_and_a_reload_on_sighup(
         )  # fmt: skip
         out = Lines(cli)
         assert [out.next() for _ in range(3)] == ["subscribe", "clitls.t", "1"]
+        address = ["--resp", f"127.0.0.1:{resp}"]
+        untrusted = subprocess.run([*TIDINGS, "tail", *address, "--tls", "clitls.t"],
+                                   capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+        assert untrusted.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+        tail = subprocess.Popen(
+            [*TIDINGS, "tail", *address, "--cacert", pki.ca_file(pki.a), "--count", "1",
+             "clitls.*"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        numpat = ["redis-cli", "--tls", "--cacert", pki.ca_file(pki.a), "-p", str(resp),
+                  "PUBSUB", "NUMPAT"]  # fmt: skip
+        for _ in range(200):
+            if subprocess.run(numpat, capture_output=True, text=True).stdout.strip() == "1":
+                break
+        else:
+            raise AssertionError("tidings tail never subscribed")
         mariadb.sql("INSERT INTO clitls.t VALUES (1, 'before')")
         assert [out.next() for _ in range(2)] == ["message", "clitls.t"]
-        assert json.loads(out.next())["data"] == {"n": 1, "v": "before"}
+        event = json.loads(out.next())
+        assert event["data"] == {"n": 1, "v": "before"}
+        tailed, _ = tail.communicate(timeout=TIMEOUT)
+        assert tail.returncode == 0
+        assert tailed.startswith(f"#{event['id']} clitls.t insert ")
 
         leaf_b = pki.install(pki.b)
         serve.send_signal(signal.SIGHUP)
