@@ -139,6 +139,8 @@ class Daemon:
             )
             # /ws sessions: one service, so /metrics counts them and stop() closes them
             self.http.websocket = WsService(self.hub, WsSettings.from_settings(s))
+            if (tls := self.tls) is not None:  # on /metrics, whichever listeners use it
+                self.http.tls_expiry = lambda: tls.info.not_after
         if not s.mysql:
             self._new_epoch_in_memory()
             if s.state_dir:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import itertools
 import json
 import logging
@@ -25,6 +26,8 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 import trustme
+from cryptography import x509
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.system.daemons import receive, start_daemon, stop_daemon, wait_for
@@ -63,9 +66,10 @@ class Pki:
     def settings(self) -> dict[str, Any]:
         return {"tls_cert": str(self.cert_file), "tls_key": str(self.key_file)}
 
-    def install(self, ca: trustme.CA) -> trustme.LeafCert:
+    def install(self, ca: trustme.CA, days: int = 365) -> trustme.LeafCert:
         """Write a new certificate of `ca` for 127.0.0.1 into the daemon's files."""
-        leaf = ca.issue_cert("localhost", "127.0.0.1")
+        expiry = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=days)
+        leaf = ca.issue_cert("localhost", "127.0.0.1", not_after=expiry)
         leaf.cert_chain_pems[0].write_to_path(str(self.cert_file))
         leaf.private_key_pem.write_to_path(str(self.key_file))
         return leaf
@@ -105,6 +109,26 @@ async def served_certificate(
     writer.close()
     assert cert is not None
     return cert, protocol
+
+
+def not_after(cert_file: Path) -> float:
+    leaf = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    return leaf.not_valid_after_utc.timestamp()
+
+
+async def expiry_on_metrics(daemon: Daemon, context: ssl.SSLContext) -> float:
+    """The certificate expiry /metrics reports, read over HTTPS."""
+    assert daemon.http_address is not None
+    reader, writer = await asyncio.open_connection(*daemon.http_address, ssl=context)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    response = await asyncio.wait_for(reader.read(), TIMEOUT)
+    writer.close()
+    text = response.partition(b"\r\n\r\n")[2].decode()
+    for family in text_string_to_metric_families(text):
+        if family.name == "tidings_tls_certificate_expiry_timestamp_seconds":
+            (sample,) = family.samples
+            return float(sample.value)
+    raise AssertionError(f"no certificate expiry in /metrics:\n{text}")
 
 
 async def tls_subscriber(daemon: Daemon, ca_file: str, channel: str) -> aioredis.client.PubSub:
@@ -286,8 +310,10 @@ async def test_reload_serves_the_new_certificate_and_keeps_connected_clients(
         resp_before = await tls_subscriber(daemon, pki.ca_file(pki.a), channel)
         ws_before = await wss_subscriber(daemon, pki.trusting(pki.a), channel)
 
-        leaf_b = pki.install(pki.b)  # another CA: a client trusting only A must now fail
+        assert await expiry_on_metrics(daemon, pki.trusting(pki.a)) == not_after(pki.cert_file)
+        leaf_b = pki.install(pki.b, days=90)  # another CA: a client trusting only A must fail
         daemon.reload()
+        assert await expiry_on_metrics(daemon, pki.trusting(pki.b)) == not_after(pki.cert_file)
 
         for address in (daemon.resp_address, daemon.http_address):
             cert, _ = await served_certificate(address, pki.trusting(pki.b))

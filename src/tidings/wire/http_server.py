@@ -609,6 +609,8 @@ class HttpService:
         #: the WebSocket service GET /ws hands connections to (None: accept() makes one
         #: from `settings`)
         self.websocket: ws_session.WsService | None = None
+        #: with TLS: when the certificate being served expires (seconds since the epoch)
+        self.tls_expiry: Callable[[], float] | None = None
         self.connections: dict[HttpConnection, None] = {}
         #: connections that are event streams (heartbeats go to these)
         self.streams: dict[HttpConnection, None] = {}
@@ -817,6 +819,10 @@ class HttpService:
                 out.counter(
                     "tidings_binlog_reconnects", "Reconnections to the source.", source.reconnects
                 )
+        if self.tls_expiry is not None:
+            out.gauge("tidings_tls_certificate_expiry_timestamp_seconds",
+                      "When the TLS certificate being served expires (its notAfter).",
+                      self.tls_expiry())  # fmt: skip
         monitor = self._monitor
         out.gauge(
             "tidings_event_loop_lag_seconds",
