@@ -300,6 +300,43 @@ async def test_a_client_that_never_finishes_the_handshake_is_closed_after_the_ti
         assert cert == ssl.PEM_cert_to_DER_cert(pki.cert_file.read_text())
 
 
+async def test_a_tls_subscriber_that_stops_reading_is_cut_at_the_output_limit(pki: Pki) -> None:
+    """The output bound holds through the TLS transport: a stalled reader is cut, others go on."""
+    limit = 256 * 1024
+    settings = {"allow_publish": True, "output_limit": limit, **pki.settings()}
+    async with sourceless_daemon(**settings) as daemon:
+        assert daemon.resp_address is not None and daemon.resp is not None
+        host, port = daemon.resp_address
+        ca_file = pki.ca_file(pki.a)
+        # the stalled one: subscribes, then never reads (its kernel buffers fill, then ours)
+        reader, writer = await asyncio.open_connection(host, port, ssl=pki.trusting(pki.a))
+        writer.write(b"*2\r\n$9\r\nSUBSCRIBE\r\n$4\r\nbulk\r\n")
+        await asyncio.wait_for(reader.readuntil(b":1\r\n"), TIMEOUT)
+        healthy = await tls_subscriber(daemon, ca_file, "bulk")
+        publisher = aioredis.Redis(host=host, port=port, ssl=True, ssl_ca_certs=ca_file)
+        payload = b"x" * 16384
+        received = 0
+        for _ in range(2000):  # up to 32 MiB, far more than kernel buffers and the limit
+            await publisher.publish("bulk", payload)
+            while (message := await healthy.get_message(timeout=0)) is not None:
+                received += message["type"] == "message"
+            if daemon.resp.slow_consumers_cut:
+                break
+        assert daemon.resp.slow_consumers_cut == 1
+        resp = daemon.resp
+        # closed, then aborted once the linger (outbox.LINGER, 5 s) passes without it reading
+        await wait_for(lambda: resp.connections_open == 2, 15, "the stalled reader gone")
+        await publisher.publish("bulk", b"after the cut")
+        while (message := await healthy.get_message(timeout=TIMEOUT)) is not None:
+            if message["data"] == b"after the cut":
+                break
+            received += 1
+        assert message is not None and received > 0
+        writer.transport.abort()
+        await publisher.aclose()
+        await healthy.aclose()  # type: ignore[no-untyped-call]
+
+
 async def test_reload_serves_the_new_certificate_and_keeps_connected_clients(
     mariadb: PrivateMariaDB, replica_server_id: int, schema: str, pki: Pki
 ) -> None:
