@@ -117,7 +117,7 @@ class ServerTls:
             log.error("TLS reload failed, still serving the previous certificate: %s", exc)
             return False
         for context in self._contexts:
-            _load(context, pair)  # the same bytes as just checked: cannot fail differently
+            _load(context, pair)  # the bytes just checked (see _as_files): loads as it did
         self._pair, self.info = pair, info
         log.info("TLS certificate reloaded from %s: %s", self.cert_file, info.describe())
         self.warn_if_expired()
