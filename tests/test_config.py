@@ -47,6 +47,11 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
         ({"TIDINGS_SERVER_ID": "0"}, "server_id must be between"),
         ({"TIDINGS_ALLOW_PUBLISH": "maybe"}, "true or false"),
         ({"TIDINGS_OUTPUT_LIMIT": "lots"}, "expected a size"),
+        ({"TIDINGS_TLS_KEY": "k.pem"}, "tls_key is set but tls_cert is not"),
+        ({"TIDINGS_TLS_LISTENERS": "resp,https"}, "tls_listeners must be resp, http"),
+        ({"TIDINGS_TLS_LISTENERS": ""}, "tls_listeners must be resp, http"),
+        ({"TIDINGS_TLS_MIN_VERSION": "1.1"}, "tls_min_version must be 1.2 or 1.3"),
+        ({"TIDINGS_TLS_HANDSHAKE_TIMEOUT": "0"}, "tls_handshake_timeout must be > 0"),
     ],
 )
 def test_bad_values_name_the_setting(source: dict[str, str], message: str) -> None:
@@ -65,6 +70,15 @@ def test_bad_files(tmp_path: Path) -> None:
     unknown.write_text("colour = 'blue'\n")
     with pytest.raises(ConfigError, match="unknown setting 'colour'"):
         load(unknown, env={})
+
+
+def test_which_listeners_speak_tls() -> None:
+    both = Settings(tls_cert="c.pem", http="127.0.0.1:8080")
+    assert both.tls_for("resp") and both.tls_for("http")
+    http_only = Settings(tls_cert="c.pem", http="127.0.0.1:8080", tls_listeners=" http ")
+    assert not http_only.tls_for("resp") and http_only.tls_for("http")
+    assert not Settings(tls_cert="c.pem", http="").tls_for("http")  # the HTTP listener is off
+    assert not Settings(http="127.0.0.1:8080").tls_for("resp")  # no certificate: no TLS
 
 
 def test_sizes() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 import sys
 from collections.abc import Sequence
 
@@ -64,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
         default="127.0.0.1:6380",
         metavar="HOST:PORT",
         help="the daemon's RESP listener (default 127.0.0.1:6380)",
+    )
+    tail.add_argument(
+        "--tls", action="store_true", help="connect with TLS (to a daemon with --tls-cert)"
+    )
+    tail.add_argument(
+        "--cacert",
+        metavar="FILE",
+        help="with TLS, trust the CA certificates in FILE instead of the system's (implies --tls)",
     )
     tail.add_argument("--pretty", action="store_true", help="print each event as indented JSON")
     tail.add_argument(
@@ -152,12 +161,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             return 0
         if args.command == "tail":
-            from tidings.tail import tail
+            from tidings.tail import client_context, tail
 
             host, port = parse_hostport(args.resp)
+            tls = client_context(args.cacert) if args.tls or args.cacert else None
             install_uvloop()
             return asyncio.run(
-                tail(host, port, args.channels, pretty=args.pretty, count=args.count)
+                tail(host, port, args.channels, pretty=args.pretty, count=args.count, tls=tls)
             )
         if args.command == "doctor":
             from tidings.source.doctor import run_doctor
@@ -183,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tidings.demo import demo_main
 
             return demo_main(args.seconds)
+    except ssl.SSLError as exc:  # before ValueError: an untrusted certificate is both
+        print(f"tidings: {exc}", file=sys.stderr)
+        return 1
     except (ConfigError, ValueError) as exc:
         print(f"tidings: {exc}", file=sys.stderr)
         return 2

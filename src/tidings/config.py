@@ -65,6 +65,25 @@ class Settings:
         "WebSocket (/ws), /healthz, /metrics, /channels, POST /publish (empty: off)",
         metavar="HOST:PORT",
     )
+    tls_cert: str = _opt(
+        "",
+        "PEM file with the TLS certificate chain (and the private key, unless --tls-key): "
+        "the listeners named by --tls-listeners speak TLS only; re-read on SIGHUP (empty: no TLS)",
+        metavar="FILE",
+    )
+    tls_key: str = _opt(
+        "", "PEM file with the private key of --tls-cert (empty: in that file)", metavar="FILE"
+    )
+    tls_listeners: str = _opt(
+        "resp,http",
+        "which listeners use TLS when --tls-cert is set: resp, http or resp,http "
+        "(e.g. http alone to keep RESP in plain text on a loopback address)",
+        metavar="LIST",
+    )
+    tls_min_version: str = _opt("1.2", "oldest TLS version accepted: 1.2 or 1.3", metavar="V")
+    tls_handshake_timeout: float = _opt(
+        10.0, "seconds a client may take to complete the TLS handshake", metavar="S"
+    )
     sse_heartbeat: float = _opt(
         15.0, "seconds between comment heartbeats on SSE streams (0: none)", metavar="S"
     )
@@ -177,6 +196,7 @@ class Settings:
             parse_hostport(self.http)
         if self.sse_heartbeat < 0 or self.health_max_lag <= 0:
             raise ConfigError("sse_heartbeat must be >= 0 and health_max_lag > 0 seconds")
+        self._check_tls()
         if not 1 <= self.server_id < 2**32:
             raise ConfigError(f"server_id must be between 1 and 4294967295, not {self.server_id}")
         if self.max_bulk < 1 or self.output_limit < 1024:
@@ -207,6 +227,26 @@ class Settings:
             )
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format must be text or json: {self.log_format!r}")
+
+    def _check_tls(self) -> None:
+        if self.tls_key and not self.tls_cert:
+            raise ConfigError("tls_key is set but tls_cert is not: give both, or the cert alone")
+        if not self._tls_listeners() or not self._tls_listeners() <= {"resp", "http"}:
+            raise ConfigError(
+                f"tls_listeners must be resp, http or resp,http, not {self.tls_listeners!r}"
+            )
+        if self.tls_min_version not in ("1.2", "1.3"):
+            raise ConfigError(f"tls_min_version must be 1.2 or 1.3, not {self.tls_min_version!r}")
+        if self.tls_handshake_timeout <= 0:
+            raise ConfigError("tls_handshake_timeout must be > 0 seconds")
+
+    def tls_for(self, listener: str) -> bool:
+        """Whether the listener `listener` ("resp" or "http") is on and speaks TLS."""
+        on = bool(self.tls_cert and getattr(self, listener))
+        return on and listener in self._tls_listeners()
+
+    def _tls_listeners(self) -> set[str]:
+        return {name.strip() for name in self.tls_listeners.split(",") if name.strip()}
 
 
 def parse_hostport(text: str) -> tuple[str, int]:

@@ -46,6 +46,7 @@ from tidings.state import (
 )
 from tidings.state.reread import Rereader
 from tidings.systemd import Notifier
+from tidings.tls import ServerTls
 from tidings.wire.http_server import HttpService, HttpSettings
 from tidings.wire.limits import Admission, Limits
 from tidings.wire.resp_server import RespService, RespSettings
@@ -81,6 +82,8 @@ class Daemon:
         self.resp_address: tuple[str, int] | None = None
         self.http: HttpService | None = None
         self.http_address: tuple[str, int] | None = None
+        #: with --tls-cert: the certificate the listeners serve, reloaded by reload()
+        self.tls: ServerTls | None = None
         #: with --state-dir: the directory, its checkpoint writer and mark index
         self.state: StateDir | None = None
         self.checkpoints: CheckpointWriter | None = None
@@ -122,6 +125,11 @@ class Daemon:
     async def start(self) -> None:
         """Decide the ids and where to read; the listeners open in `listen()`."""
         s = self.settings
+        if s.tls_for("resp") or s.tls_for("http"):
+            # before anything else: a certificate that cannot serve stops the start at once
+            self.tls = ServerTls(s.tls_cert, s.tls_key, min_version=s.tls_min_version)
+            log.info("TLS certificate %s: %s", s.tls_cert, self.tls.info.describe())
+            self.tls.warn_if_expired()
         if s.resp:
             self.resp = RespService(
                 self.hub,
@@ -146,6 +154,8 @@ class Daemon:
             )
             # /ws sessions: one service, so /metrics counts them and stop() closes them
             self.http.websocket = WsService(self.hub, WsSettings.from_settings(s))
+            if (tls := self.tls) is not None:  # on /metrics, whichever listeners use it
+                self.http.tls_expiry = lambda: tls.info.not_after
         if not s.mysql:
             self._new_epoch_in_memory()
             if s.state_dir:
@@ -208,16 +218,22 @@ class Daemon:
         if self.purger is not None and self._purger_task is None:
             self._purger_task = asyncio.ensure_future(self.purger.run())
         capacity = raise_fd_limit()
+        tls = self.tls
+        timeout = s.tls_handshake_timeout
         if self.resp is not None:
             host, port = parse_hostport(s.resp)
-            server = await self.resp.start(host, port)
+            context = tls.context() if tls and s.tls_for("resp") else None
+            server = await self.resp.start(host, port, ssl=context, ssl_handshake_timeout=timeout)
             self.resp_address = server.sockets[0].getsockname()[:2]
-            log.info("RESP (Redis pub/sub protocol) on %s:%d", *self.resp_address)
+            log.info("RESP (Redis pub/sub protocol%s) on %s:%d", ", TLS" if context else "",
+                     *self.resp_address)  # fmt: skip
         if self.http is not None:
             host, port = parse_hostport(s.http)
-            server = await self.http.start(host, port)
+            context = tls.context(alpn=["http/1.1"]) if tls and s.tls_for("http") else None
+            server = await self.http.start(host, port, ssl=context, ssl_handshake_timeout=timeout)
             self.http_address = server.sockets[0].getsockname()[:2]
-            log.info("HTTP (SSE, WebSocket, API) on http://%s:%d/", *self.http_address)
+            log.info("HTTP (SSE, WebSocket, API) on %s://%s:%d/", "https" if context else "http",
+                     *self.http_address)  # fmt: skip
         room = capacity - 50  # the daemon's own descriptors: MySQL, state files, listeners
         if not s.max_clients:
             self.admission.max_clients = room
@@ -434,6 +450,16 @@ class Daemon:
     def stop(self) -> None:
         self._stopping.set()
 
+    def reload(self) -> None:
+        """Re-read what can change without a restart (SIGHUP): the TLS certificate and key.
+
+        Clients stay connected; a problem is logged and the running setup kept.
+        """
+        if self.tls is None:
+            log.info("reload: nothing to reload (no --tls-cert)")
+            return
+        self.tls.reload()
+
     async def close(self) -> None:
         """Stop reading the binlog, write the last checkpoint, close every client.
 
@@ -528,6 +554,7 @@ async def serve(settings: Settings) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     listening = asyncio.ensure_future(daemon.listening.wait())
     listening.add_done_callback(ready)
     try:

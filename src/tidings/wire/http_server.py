@@ -41,6 +41,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import Any, Final, Protocol, cast
 
 import orjson
@@ -619,6 +620,8 @@ class HttpService:
         #: the WebSocket service GET /ws hands connections to (None: accept() makes one
         #: from `settings`)
         self.websocket: ws_session.WsService | None = None
+        #: with TLS: when the certificate being served expires (seconds since the epoch)
+        self.tls_expiry: Callable[[], float] | None = None
         self.connections: dict[HttpConnection, None] = {}
         #: connections that are event streams (heartbeats go to these)
         self.streams: dict[HttpConnection, None] = {}
@@ -682,7 +685,16 @@ class HttpService:
         self.stats.connections_total += 1
         return HttpConnection(self, next(self._ids))
 
-    async def start(self, host: str, port: int, *, backlog: int = 511) -> asyncio.Server:
+    async def start(
+        self,
+        host: str,
+        port: int,
+        *,
+        backlog: int = 511,
+        ssl: SSLContext | None = None,
+        ssl_handshake_timeout: float | None = None,
+    ) -> asyncio.Server:
+        """Listen on host:port; with `ssl`, HTTPS only (and wss:// for /ws: tidings.tls)."""
         loop = asyncio.get_running_loop()
         self._flusher = self._flusher or Flusher(loop)
         if self._monitor is None:
@@ -691,7 +703,14 @@ class HttpService:
             self._monitor.start()
         if self._heartbeat is None and self.settings.sse_heartbeat > 0:
             self._heartbeat = loop.call_later(self.settings.sse_heartbeat, self._beat)
-        server = await loop.create_server(self.protocol, host, port, backlog=backlog)
+        server = await loop.create_server(
+            self.protocol,
+            host,
+            port,
+            backlog=backlog,
+            ssl=ssl,
+            ssl_handshake_timeout=ssl_handshake_timeout if ssl else None,
+        )
         self.servers.append(server)
         self.clock.start()
         return server
@@ -853,6 +872,10 @@ class HttpService:
                 out.counter(
                     "tidings_binlog_reconnects", "Reconnections to the source.", source.reconnects
                 )
+        if self.tls_expiry is not None:
+            out.gauge("tidings_tls_certificate_expiry_timestamp_seconds",
+                      "When the TLS certificate being served expires (its notAfter).",
+                      self.tls_expiry())  # fmt: skip
         monitor = self._monitor
         out.gauge(
             "tidings_event_loop_lag_seconds",

@@ -47,6 +47,7 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Final, NamedTuple, cast
 
 from tidings.event import Event
@@ -329,12 +330,13 @@ class RespConnection(asyncio.Protocol):
             self._read_paused = True
             self.transport.pause_reading()
 
-    def eof_received(self) -> bool:
-        # redis frees a client on EOF (after replying to what it already read); so do we
+    def eof_received(self) -> None:
+        # redis frees a client on EOF (after replying to what it already read); so do we.
+        # close() has closed the transport gracefully: nothing to keep half-open (which TLS
+        # cannot do anyway: asyncio warns when eof_received returns True there)
         if self.parser.mid_command and not self._closed:
             self._log_end("disconnected mid-command")
         self.close()
-        return True
 
     def pause_writing(self) -> None:
         self.outbox.pause_writing()
@@ -1036,11 +1038,27 @@ class RespService:
         self.stats.connections_total += 1
         return RespConnection(self, next(self._ids))
 
-    async def start(self, host: str, port: int, *, backlog: int = 511) -> asyncio.Server:
-        """Listen on host:port; `backlog` as redis's tcp-backlog (asyncio's 100 is small)."""
+    async def start(
+        self,
+        host: str,
+        port: int,
+        *,
+        backlog: int = 511,
+        ssl: SSLContext | None = None,
+        ssl_handshake_timeout: float | None = None,
+    ) -> asyncio.Server:
+        """Listen on host:port; `backlog` as redis's tcp-backlog (asyncio's 100 is small);
+        with `ssl`, TLS only (tidings.tls)."""
         loop = asyncio.get_running_loop()
         self._flusher = self._flusher or Flusher(loop)
-        server = await loop.create_server(self.protocol, host, port, backlog=backlog)
+        server = await loop.create_server(
+            self.protocol,
+            host,
+            port,
+            backlog=backlog,
+            ssl=ssl,
+            ssl_handshake_timeout=ssl_handshake_timeout if ssl else None,
+        )
         self.servers.append(server)
         self.clock.start()
         return server

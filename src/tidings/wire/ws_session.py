@@ -324,11 +324,11 @@ class WsConnection(asyncio.Protocol):
         if self.parser.buffered > 2 * self.settings.max_message:
             self._finish()
 
-    def eof_received(self) -> bool:
+    def eof_received(self) -> None:
+        # _finish closes the transport (not True: TLS cannot stay half-open, asyncio warns)
         if self._closing is None:
             self._leave()
         self._finish()
-        return True
 
     def pause_writing(self) -> None:
         self.outbox.pause_writing()
