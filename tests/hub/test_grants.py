@@ -95,15 +95,17 @@ def test_publish_rules_are_globs_over_whole_names() -> None:
 # -- properties: an allowed subscription receives only what the grant covers ----------------------
 _chars = "ab."
 _glob_chars = "ab.*?[]\\^-"
+# globs without "?" (it starts a filter in an entry); every other one a `PREFIX*`
+_entries = (
+    st.text(_glob_chars, max_size=4)
+    .map(lambda e: e + "*" if len(e) % 2 else e)
+    .filter(lambda e: bool(e) and "?" not in e)
+)
 
 
 @settings(max_examples=400)
 @given(
-    entries=st.lists(
-        st.text(_glob_chars, min_size=1, max_size=5).filter(lambda e: "?" not in e),
-        min_size=1,
-        max_size=3,
-    ),  # fmt: skip
+    entries=st.lists(_entries, min_size=1, max_size=3),
     pattern=st.text(_glob_chars, min_size=1, max_size=6),
     channels=st.lists(st.text(_chars, max_size=7), min_size=1, max_size=30),
 )

@@ -661,14 +661,14 @@ class RespConnection(asyncio.Protocol):
 
     def cmd_tidings_snapshot(self, args: list[bytes]) -> None:
         """TIDINGS.SNAPSHOT channel: replies once the snapshot is open (later commands wait)."""
+        raw = args[1]
+        if not self._allowed([raw]):
+            return
         snapshots = self.service.snapshots
         if snapshots is None:
             self.reply_error(
                 b"ERR TIDINGS.SNAPSHOT needs a MySQL source (start tidings with --mysql)"
             )
-            return
-        raw = args[1]
-        if not self._allowed([raw]):
             return
         name = raw.decode("utf-8", "surrogateescape")
         if name in self.channels or any(
