@@ -7,8 +7,10 @@ import asyncio
 import pytest
 
 from tidings.auth import AuthError, mint
+from tidings.config import Settings
 from tidings.wire.access import Authority, bearer_token, refusal, uncovered
-from tidings.wire.http_server import ROUTES, is_loopback
+from tidings.wire.http_server import ROUTES, HttpSettings, is_loopback
+from tidings.wire.ws_session import WsSettings
 
 SECRET = b"access-test-secret-0123456789abcdef"
 
@@ -68,3 +70,14 @@ async def test_authority_watches_expiry_and_never_shows_the_secret() -> None:
     )
     assert uncovered(grant, ["a.b"], ["a.*", "*"]) == "this token does not allow pattern '*'"
     assert uncovered(grant, ["a.b"], ["a.x*"]) is None
+
+
+def test_the_websocket_side_gets_the_secret_from_the_http_listener_or_the_daemon() -> None:
+    # the listener's settings carry it as bytes: a /ws without its own service checks tokens
+    assert WsSettings.from_settings(HttpSettings(auth_secret=SECRET)).auth_secret == SECRET
+    assert WsSettings.from_settings(HttpSettings()).auth_secret is None
+    # the daemon's settings hold text (or a file name): the daemon passes the bytes it read
+    settings = Settings(auth_secret=SECRET.decode())
+    assert WsSettings.from_settings(settings).auth_secret is None
+    assert WsSettings.from_settings(settings, auth_secret=SECRET).auth_secret == SECRET
+    assert SECRET.decode() not in repr(HttpSettings(auth_secret=SECRET))
