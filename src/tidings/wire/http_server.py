@@ -786,9 +786,8 @@ class HttpService:
             self._heartbeat = loop.call_later(self.settings.sse_heartbeat, self._beat)
         server = await loop.create_server(self.protocol, host, port, backlog=backlog)
         self.servers.append(server)
-        self.loopback = all(
-            is_loopback(str(sock.getsockname()[0])) for srv in self.servers for sock in srv.sockets
-        )
+        addresses = [str(sock.getsockname()[0]) for srv in self.servers for sock in srv.sockets]
+        self.loopback = bool(addresses) and all(map(is_loopback, addresses))
         return server
 
     def _beat(self) -> None:
