@@ -1,4 +1,4 @@
-"""The `tidings` command: serve | tail | doctor | install-sql | demo."""
+"""The `tidings` command: serve | tail | token | doctor | install-sql | demo."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ import sys
 from collections.abc import Sequence
 
 from tidings import __version__
-from tidings.config import ConfigError, Settings, add_arguments, from_arguments, parse_hostport
+from tidings.config import (
+    ConfigError,
+    Settings,
+    add_arguments,
+    auth_secret,
+    from_arguments,
+    load,
+    parse_duration,
+    parse_hostport,
+)
 from tidings.logs import setup_logging
 
 DESCRIPTION = """\
@@ -31,6 +40,7 @@ examples:
   tidings serve  --mysql mysql://repl:secret@127.0.0.1:3306/ --state-dir /var/lib/tidings
   redis-cli -p 6380 SUBSCRIBE shop.orders
   tidings tail shop.orders 'shop.*'
+  tidings token --channels 'shop.orders?customer_id=eq.42' --ttl 1h
   tidings demo
 """
 
@@ -82,6 +92,47 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="exit after N events (default: run until interrupted)",
     )
+    tail.add_argument(
+        "--token", metavar="TOKEN", help="AUTH with this token first (a daemon with a secret)"
+    )
+
+    token = sub.add_parser(
+        "token",
+        help="mint a signed token that lets a client subscribe (JWT HS256)",
+        description="Print a token signed with the daemon's auth secret, alone on stdout. The "
+        "secret is found as `serve` finds it: --auth-secret / --auth-secret-file, then "
+        "TIDINGS_AUTH_SECRET / TIDINGS_AUTH_SECRET_FILE, then the --config file. See "
+        "docs/reference/auth.md for what each entry allows.",
+    )
+    token.add_argument(
+        "--channels",
+        "--channel",
+        action="append",
+        default=[],
+        metavar="ENTRY",
+        help="channel entry the token may receive, repeatable: a channel or Redis glob "
+        "(shop.orders, 'shop.*'), optionally with a row filter "
+        "('shop.orders?customer_id=eq.42')",
+    )
+    token.add_argument(
+        "--ttl", default="1h", help="how long the token is valid: 30s, 15m, 1h, 7d (default 1h)"
+    )
+    token.add_argument("--subject", metavar="SUB", help="who the token is for (the 'sub' claim)")
+    token.add_argument(
+        "--admin",
+        action="store_true",
+        help="also allow /channels, /metrics, POST /publish, RESP PUBSUB and publishing anywhere",
+    )
+    token.add_argument(
+        "--publish",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="channels (Redis glob) the token may PUBLISH to, repeatable",
+    )
+    token.add_argument("--config", metavar="FILE", help="TOML settings file (as for serve)")
+    token.add_argument("--auth-secret", metavar="SECRET", help="the secret (as for serve)")
+    token.add_argument("--auth-secret-file", metavar="FILE", help="file holding the secret")
 
     doctor = sub.add_parser(
         "doctor",
@@ -138,6 +189,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _token(args: argparse.Namespace) -> int:
+    from tidings.auth import mint
+
+    settings = load(
+        args.config,
+        overrides={"auth_secret": args.auth_secret, "auth_secret_file": args.auth_secret_file},
+    )
+    secret = auth_secret(settings)
+    if secret is None:
+        raise ConfigError(
+            "no auth secret: pass --auth-secret-file (or --auth-secret), set "
+            "TIDINGS_AUTH_SECRET_FILE or TIDINGS_AUTH_SECRET, or put auth_secret_file in the "
+            "--config file, as for `tidings serve`"
+        )
+    if not (args.channels or args.admin or args.publish):
+        raise ConfigError("the token would allow nothing: give --channels (or --admin, --publish)")
+    ttl = parse_duration(args.ttl)
+    if ttl <= 0:
+        raise ConfigError("--ttl must be more than 0 seconds")
+    print(mint(secret, args.channels, ttl, args.subject, args.admin, args.publish))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from tidings.daemon import install_uvloop
@@ -161,14 +235,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             return 0
         if args.command == "tail":
-            from tidings.tail import client_context, tail
+            from tidings.tail import ReplyError, client_context, tail
 
             host, port = parse_hostport(args.resp)
             tls = client_context(args.cacert) if args.tls or args.cacert else None
             install_uvloop()
-            return asyncio.run(
-                tail(host, port, args.channels, pretty=args.pretty, count=args.count, tls=tls)
-            )
+            try:
+                return asyncio.run(
+                    tail(
+                        host,
+                        port,
+                        args.channels,
+                        pretty=args.pretty,
+                        count=args.count,
+                        token=args.token,
+                        tls=tls,
+                    )
+                )
+            except ReplyError as exc:
+                print(f"tidings: the daemon said: {exc}", file=sys.stderr)
+                return 1
+        if args.command == "token":
+            return _token(args)
         if args.command == "doctor":
             from tidings.source.doctor import run_doctor
             from tidings.source.url import MySQLURL

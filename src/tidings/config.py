@@ -15,8 +15,9 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+from tidings.auth import check_secret
 from tidings.hub import history as _history
 
 
@@ -24,8 +25,13 @@ class ConfigError(ValueError):
     pass
 
 
-def _opt(default: Any, help: str, *, kind: str = "", metavar: str | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "kind": kind, "metavar": metavar})
+def _opt(
+    default: Any, help: str, *, kind: str = "", metavar: str | None = None, secret: bool = False
+) -> Any:
+    # a secret stays out of repr(), so logging a Settings never shows it
+    return field(
+        default=default, repr=not secret, metadata={"help": help, "kind": kind, "metavar": metavar}
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +188,25 @@ class Settings:
         "memory for one channel's history at most (bytes; k/M/G suffix ok)",
         kind="size",
     )
+    auth_secret: str = _opt(
+        "",
+        "secret (at least 32 bytes) that signs client tokens (JWT HS256); set, every "
+        "subscription needs a token (`tidings token` mints them). Prefer --auth-secret-file "
+        "or the environment: a flag shows in the process list",
+        metavar="SECRET",
+        secret=True,
+    )
+    auth_secret_file: str = _opt(
+        "",
+        "file holding the auth secret (surrounding whitespace ignored), instead of --auth-secret",
+        metavar="FILE",
+    )
+    admin_open_on_loopback: bool = _opt(
+        True,
+        "with an auth secret, /channels, /metrics and POST /publish need no token while the "
+        "HTTP listener is bound to loopback addresses only (--no-admin-open-on-loopback: "
+        "always ask for an admin token, e.g. behind a reverse proxy on the same host)",
+    )
     log_level: str = _opt("info", "debug, info, warning or error", metavar="LEVEL")
     log_format: str = _opt(
         "text",
@@ -221,6 +246,10 @@ class Settings:
                      "history_channel_bytes"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0")
+        if self.auth_secret and self.auth_secret_file:
+            raise ConfigError("set auth_secret or auth_secret_file, not both")
+        if self.auth_secret:
+            _check_secret("auth_secret", self.auth_secret.encode())
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(
                 f"log_level must be debug, info, warning or error: {self.log_level!r}"
@@ -249,6 +278,28 @@ class Settings:
         return {name.strip() for name in self.tls_listeners.split(",") if name.strip()}
 
 
+def _check_secret(name: str, secret: bytes) -> None:
+    try:
+        check_secret(secret)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def auth_secret(settings: Settings) -> bytes | None:
+    """The secret that signs tokens (reading `auth_secret_file`), or None: no auth."""
+    if settings.auth_secret:
+        return settings.auth_secret.encode()
+    if not settings.auth_secret_file:
+        return None
+    path = Path(settings.auth_secret_file)
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read auth_secret_file {path}: {exc.strerror}") from None
+    _check_secret(f"auth_secret_file {path}", secret)
+    return secret
+
+
 def parse_hostport(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
@@ -258,6 +309,18 @@ def parse_hostport(text: str) -> tuple[str, int]:
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_$]{1,64}$")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)(i?b)?\s*$", re.IGNORECASE)
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> int:
+    """Seconds from `90`, `30s`, `15m`, `1h` or `7d`."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigError(f"expected a duration such as 30s, 15m, 1h or 7d, got {text!r}")
+    scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2].lower()]
+    return int(match[1]) * scale
 
 
 def parse_size(text: str) -> int:
@@ -291,6 +354,11 @@ def _coerce(name: str, kind: str, default: Any, value: Any) -> Any:
         raise ConfigError(f"setting {name!r}: {exc}") from None
 
 
+#: settings that say the same thing two ways: a source setting one drops the other from
+#: lower sources (TIDINGS_AUTH_SECRET_FILE overrides a file's auth_secret)
+_ALTERNATIVES: Final = {"auth_secret": "auth_secret_file", "auth_secret_file": "auth_secret"}
+
+
 def _defaults() -> dict[str, Any]:
     return {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
 
@@ -302,7 +370,7 @@ def load(
 ) -> Settings:
     """Build Settings: defaults, then the TOML file, then TIDINGS_* variables, then `overrides`."""
     known = {f.name: f for f in fields(Settings)}
-    values: dict[str, Any] = {}
+    layers: list[dict[str, Any]] = []
     if config_file is not None:
         path = Path(config_file)
         try:
@@ -311,18 +379,28 @@ def load(
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        layer: dict[str, Any] = {}
         for key, value in data.items():
             name = key.replace("-", "_")
             if name not in known:
                 raise ConfigError(f"unknown setting {key!r} in {path}")
-            values[name] = value
+            layer[name] = value
+        layers.append(layer)
+    layer = {}
     for key, value in (os.environ if env is None else env).items():
         if key.startswith("TIDINGS_"):
             name = key[len("TIDINGS_") :].lower()
             if name not in known:
                 raise ConfigError(f"unknown environment variable {key}")
-            values[name] = value
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+            layer[name] = value
+    layers.append(layer)
+    layers.append({k: v for k, v in (overrides or {}).items() if v is not None})
+    values: dict[str, Any] = {}
+    for layer in layers:
+        for name, other in _ALTERNATIVES.items():
+            if name in layer and other not in layer:
+                values.pop(other, None)  # a higher source names the other spelling: it wins
+        values.update(layer)
     defaults = _defaults()
     typed = {
         name: _coerce(name, known[name].metadata.get("kind", ""), defaults[name], value)

@@ -24,7 +24,7 @@ import signal
 import time
 from typing import Any
 
-from tidings.config import Settings, parse_hostport
+from tidings.config import Settings, auth_secret, parse_hostport
 from tidings.hub import Hub
 from tidings.publish import publish_transaction
 from tidings.source.changes import Position
@@ -77,6 +77,8 @@ class Daemon:
                 history_channel_bytes=settings.history_channel_bytes,
             )
         self.hub = hub
+        #: signs client tokens (read from auth_secret_file now: a bad one stops the start)
+        self.auth_secret = auth_secret(settings)
         self.replica: Replica | None = None
         self.resp: RespService | None = None
         self.resp_address: tuple[str, int] | None = None
@@ -134,7 +136,10 @@ class Daemon:
             self.resp = RespService(
                 self.hub,
                 RespSettings(
-                    allow_publish=s.allow_publish, max_bulk=s.max_bulk, output_limit=s.output_limit
+                    allow_publish=s.allow_publish,
+                    max_bulk=s.max_bulk,
+                    output_limit=s.output_limit,
+                    auth_secret=self.auth_secret,
                 ),
                 admission=self.admission,
             )
@@ -147,15 +152,21 @@ class Daemon:
                     sse_heartbeat=s.sse_heartbeat,
                     health_max_lag=s.health_max_lag,
                     max_publish=s.max_bulk,
+                    auth_secret=self.auth_secret,
+                    admin_open_on_loopback=s.admin_open_on_loopback,
                 ),
                 has_source=bool(s.mysql),
                 resp=self.resp,
                 admission=self.admission,
             )
             # /ws sessions: one service, so /metrics counts them and stop() closes them
-            self.http.websocket = WsService(self.hub, WsSettings.from_settings(s))
+            self.http.websocket = WsService(
+                self.hub, WsSettings.from_settings(s, auth_secret=self.auth_secret)
+            )
             if (tls := self.tls) is not None:  # on /metrics, whichever listeners use it
                 self.http.tls_expiry = lambda: tls.info.not_after
+        if self.auth_secret is not None:
+            log.info("auth secret set: every subscription needs a token (tidings token)")
         if not s.mysql:
             self._new_epoch_in_memory()
             if s.state_dir:
@@ -234,6 +245,13 @@ class Daemon:
             self.http_address = server.sockets[0].getsockname()[:2]
             log.info("HTTP (SSE, WebSocket, API) on %s://%s:%d/", "https" if context else "http",
                      *self.http_address)  # fmt: skip
+            if self.http.auth is not None:
+                log.info(
+                    "admin routes (/channels, /metrics, POST /publish) %s",
+                    "open: the listener is loopback-only"
+                    if self.http.admin_open
+                    else "need an admin token",
+                )
         room = capacity - 50  # the daemon's own descriptors: MySQL, state files, listeners
         if not s.max_clients:
             self.admission.max_clients = room

@@ -85,11 +85,18 @@ async def tail(
     out: TextIO = sys.stdout,
     pretty: bool = False,
     count: int = 0,
+    token: str | None = None,
     tls: ssl.SSLContext | None = None,
 ) -> int:
-    """Subscribe (globs use PSUBSCRIBE) and print events; stop after `count` if non-zero."""
+    """Subscribe (globs use PSUBSCRIBE) and print events; stop after `count` if non-zero.
+
+    With `token`, AUTH first; a refusal (of the token or a channel) raises ReplyError.
+    """
     reader, writer = await asyncio.open_connection(host, port, ssl=tls)
     try:
+        if token is not None:
+            writer.write(encode_command("AUTH", token))
+            await read_reply(reader)
         exact = [c for c in channels if not any(ch in c for ch in "*?[")]
         globs = [c for c in channels if c not in exact]
         if exact:

@@ -211,7 +211,7 @@ async def test_ping_unsubscribe_and_errors_keep_the_connection_up(srv: Server) -
         assert (await recv_json(client))["op"] == "error"
         assert (await request(client, op="dance")) == {
             "op": "error",
-            "message": "unknown op 'dance': use subscribe, unsubscribe or ping",
+            "message": "unknown op 'dance': use subscribe, unsubscribe, ping or auth",
         }
         await client.send("[1, 2]")
         assert (await recv_json(client))["op"] == "error"

@@ -26,6 +26,13 @@ saying why.
 `GET /ws` with `Upgrade: websocket` is handed to `tidings.wire.ws_session.accept`:
 see `HttpConnection._websocket`.
 
+With an auth secret (tidings.wire.access), a stream needs a token (`Authorization:
+Bearer T` or `?token=T`: 401 with `WWW-Authenticate: Bearer` without a valid one, 403
+for a channel or pattern it does not allow) and ends, after a comment saying so, when
+the token expires. Routes flagged `admin` in `ROUTES` need an admin token, unless the
+listener is bound to loopback addresses only (`HttpService.admin_open`): that flag is
+the one place that decides.
+
 `HttpService` is the listening side: settings, open connections, counters, the
 output `Flusher`, the event-loop lag probe and the binlog lag estimate behind
 `/healthz` and `/metrics`.
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import logging
 import math
@@ -42,16 +50,18 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from ssl import SSLContext
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, NamedTuple, Protocol, cast
 
 import orjson
 
+from tidings.auth import Grant
 from tidings.event import Event
 from tidings.hub import Hub, Replay, ResumeError
 from tidings.hub.filtering import split
 from tidings.hub.filters import FilterError
 from tidings.hub.resume import check_since
 from tidings.wire import http, ws_session
+from tidings.wire.access import REALM, AuthError, Authority, bearer_token, uncovered
 from tidings.wire.http import HttpError, Request, RequestParser
 from tidings.wire.limits import Admission, Clock, peer_host
 from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
@@ -75,6 +85,9 @@ _HEARTBEAT: Final = http.sse_comment("heartbeat")
 _FAREWELL: Final = http.sse_comment(
     "disconnected: output limit reached: too much output was pending for this stream "
     "(it read too slowly, or one event was larger than the limit)"
+)
+_EXPIRED: Final = http.sse_comment(
+    "disconnected: the token expired (reconnect with a fresh token and Last-Event-ID or since=)"
 )
 
 #: sends a client's publish on its way; returns the number of receivers (as RESP's)
@@ -113,6 +126,10 @@ class HttpSettings:
     max_publish: int = 64 * 1024
     max_line: int = http.MAX_LINE
     max_headers: int = http.MAX_HEADERS
+    #: signs client tokens; None: no authentication (tidings.wire.access)
+    auth_secret: bytes | None = field(default=None, repr=False)
+    #: with a secret, admin routes need no token while every listening socket is loopback
+    admin_open_on_loopback: bool = True
 
 
 @dataclass(slots=True)
@@ -162,6 +179,7 @@ class HttpConnection(asyncio.Protocol):
 
     __slots__ = (
         "_closed",
+        "_expiry",
         "_host",
         "_read_paused",
         "_replays",
@@ -205,6 +223,8 @@ class HttpConnection(asyncio.Protocol):
         self._host: str | None = None
         #: since when the next request is awaited (coarse clock), for request_timeout
         self.since = service.clock.now
+        #: a stream's token expiry timer (with an auth secret)
+        self._expiry: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"<HttpConnection id={self.id} addr={self.peer}>"
@@ -303,6 +323,19 @@ class HttpConnection(asyncio.Protocol):
         self.channels = []
         self.patterns = []
         self.service.streams.pop(self, None)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
+    def _token_expired(self) -> None:
+        """The stream's token expired: leave the hub, say why, close."""
+        self._expiry = None
+        if self._closed:
+            return
+        log.info("http id=%d addr=%s: token expired; closing the stream", self.id, self.peer)
+        self._leave()
+        self._write(_EXPIRED)
+        self.outbox.close()
 
     # -- requests ---------------------------------------------------------------------------------
     def _serve(self) -> None:
@@ -336,10 +369,13 @@ class HttpConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _route(self, request: Request) -> None:
-        methods = ROUTES.get(request.path)
-        if methods is None:
+        route = ROUTES.get(request.path)
+        if route is None:
             self.respond_error(404, f"no such resource: {request.path}", keep_alive=True)
             return
+        if route.admin and not self._admin(request):
+            return
+        methods = route.methods
         handler = methods.get(request.method)
         if handler is None and request.method == "HEAD" and request.path not in _NO_HEAD:
             handler = methods.get("GET")
@@ -377,9 +413,56 @@ class HttpConnection(asyncio.Protocol):
         if not keep_alive:
             self.close()
 
-    def _error(self, request: Request, status: int, message: str) -> None:
+    def _error(
+        self,
+        request: Request,
+        status: int,
+        message: str,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         body = orjson.dumps({"error": message, "status": status})
-        self.respond(status, body, request)
+        self.respond(status, body, request, headers=headers)
+
+    # -- tokens (with an auth secret) -------------------------------------------------------------
+    def _deny(self, request: Request, status: int, message: str, error: str | None) -> None:
+        """401 (no or a bad token) or 403 (not allowed), with RFC 6750's challenge."""
+        challenge = f'Bearer realm="{REALM}"'
+        if error is not None:
+            text = message.replace("\\", "/").replace('"', "'")
+            challenge += f', error="{error}", error_description="{text}"'
+        self._error(request, status, message, headers=(("WWW-Authenticate", challenge),))
+
+    def _grant(self, request: Request, auth: Authority, need: str) -> Grant | None:
+        """The request's token's grant, or None after answering 401."""
+        try:
+            token = bearer_token(request.headers, request.query)
+            if token is None:
+                self._deny(
+                    request,
+                    401,
+                    f"{need}: send 'Authorization: Bearer <token>' or add ?token=<token>",
+                    None,
+                )
+                return None
+            return auth.verify(token)
+        except AuthError as exc:
+            log.info("http id=%d addr=%s: token refused: %s", self.id, self.peer, exc)
+            self._deny(request, 401, f"invalid token: {exc}", "invalid_token")
+            return None
+
+    def _admin(self, request: Request) -> bool:
+        """Whether an admin route may be served; if not, the refusal is sent."""
+        service = self.service
+        auth = service.auth
+        if auth is None or service.admin_open:
+            return True
+        grant = self._grant(request, auth, f"{request.path} needs an admin token")
+        if grant is None:
+            return False
+        if not grant.admin:
+            self._deny(request, 403, f"{request.path} needs an admin token", "insufficient_scope")
+            return False
+        return True
 
     # -- handlers, one per route ------------------------------------------------------------------
     def get_healthz(self, request: Request) -> None:
@@ -455,11 +538,22 @@ class HttpConnection(asyncio.Protocol):
         if not channels and not patterns:
             self._error(request, 400, "name at least one channel=... or pattern=...")
             return
+        auth = self.service.auth
+        grant = None
+        if auth is not None:
+            grant = self._grant(request, auth, "a stream needs a token")
+            if grant is None:
+                return
         for name in channels:
             try:
                 split(name)
             except FilterError as exc:
                 self._error(request, 400, f"invalid filter in channel {name!r}: {exc}")
+                return
+        if grant is not None:
+            refused = uncovered(grant, channels, patterns)
+            if refused is not None:
+                self._deny(request, 403, refused, "insufficient_scope")
                 return
         raw_since = request.headers.get("last-event-id") or (query.get("since") or [""])[-1]
         since: int | None = None
@@ -478,6 +572,9 @@ class HttpConnection(asyncio.Protocol):
         self.channels, self.patterns = channels, patterns
         stats = self.service.stats.responses
         stats[200] = stats.get(200, 0) + 1
+        if grant is not None:
+            assert auth is not None
+            self._expiry = auth.watch(self.service.flusher.loop, grant, self._token_expired)
         hub = self.hub
         if since is None:
             # the id to resume from if the stream breaks before its first event
@@ -522,19 +619,37 @@ class HttpConnection(asyncio.Protocol):
             proto.data_received(rest)
 
 
+class Route(NamedTuple):
+    #: method -> handler
+    methods: dict[str, Handler]
+    #: with an auth secret: only for admin tokens (unless the listener is loopback-only)
+    admin: bool = False
+
+
 #: GET routes that HEAD does not mirror (they start a stream or a protocol switch)
 _NO_HEAD: Final = frozenset(("/sse", "/ws"))
 H = HttpConnection
-#: path -> method -> handler
-ROUTES: Final[dict[str, dict[str, Handler]]] = {
-    "/sse": {"GET": H.get_sse},
-    "/ws": {"GET": H.get_ws},
-    "/healthz": {"GET": H.get_healthz},
-    "/channels": {"GET": H.get_channels},
-    "/metrics": {"GET": H.get_metrics},
-    "/publish": {"POST": H.post_publish},
+#: path -> its route; /sse and /ws check tokens themselves (per channel)
+ROUTES: Final[dict[str, Route]] = {
+    "/sse": Route({"GET": H.get_sse}),
+    "/ws": Route({"GET": H.get_ws}),
+    "/healthz": Route({"GET": H.get_healthz}),  # load balancers ask without a token
+    "/channels": Route({"GET": H.get_channels}, admin=True),
+    "/metrics": Route({"GET": H.get_metrics}, admin=True),
+    "/publish": Route({"POST": H.post_publish}, admin=True),
 }
 del H
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a socket address (IPv4 or IPv6, maybe with a %scope) is a loopback one."""
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 # -- the listening side -------------------------------------------------------------------------
@@ -635,6 +750,10 @@ class HttpService:
         #: connection limits, shared with the RESP listener by the daemon
         self.admission = admission or Admission()
         self.clock = Clock(self._sweep)
+        #: with an auth secret: checks tokens; None: no authentication
+        self.auth = Authority(self.settings.auth_secret) if self.settings.auth_secret else None
+        #: every listening socket is bound to a loopback address (set by `start`)
+        self.loopback = False
 
     def _sweep(self, now: float) -> None:
         """Once a second: close connections whose next request has not arrived within
@@ -652,6 +771,11 @@ class HttpService:
                     conn.respond_error(408, message, keep_alive=False)
                 else:
                     conn.close()
+
+    @property
+    def admin_open(self) -> bool:
+        """Admin routes need no token: listening on loopback only, and allowed to."""
+        return self.loopback and self.settings.admin_open_on_loopback
 
     @property
     def source(self) -> SourceStatus | None:
@@ -713,6 +837,8 @@ class HttpService:
         )
         self.servers.append(server)
         self.clock.start()
+        addresses = [str(sock.getsockname()[0]) for srv in self.servers for sock in srv.sockets]
+        self.loopback = bool(addresses) and all(map(is_loopback, addresses))
         return server
 
     def _beat(self) -> None:

@@ -18,6 +18,7 @@ The protocol (client -> server, one JSON object per text message):
     {"op":"subscribe","channel":"shop.orders","since":123}          resume after id 123
     {"op":"unsubscribe","channel":"shop.orders"}
     {"op":"ping"}
+    {"op":"auth","token":"..."}                                     with an auth secret
 
 and server -> client: `{"op":"subscribed","channel":...}` (before any of its
 events), `{"op":"unsubscribed","channel":...}`, `{"op":"pong"}`,
@@ -25,6 +26,12 @@ events), `{"op":"unsubscribed","channel":...}`, `{"op":"pong"}`,
 since; the connection stays up), and events: objects with no `op` key, the
 same JSON as on RESP. A resume goes through `hub.resume` and is paced by the
 outbox's room (`Replay.pump`), like RESP's TIDINGS.SUBSCRIBE.
+
+Tokens (with an auth secret, tidings.wire.access): `/ws?token=T` (or `Authorization:
+Bearer T`) or an `auth` message, answered `{"op":"authenticated",...}`; before one,
+a subscribe gets an error. A channel the token does not allow gets an error and is not
+subscribed. A bad token closes with 1008 and the reason, and so does the token's expiry
+(unless an `auth` message replaced it first).
 
 Ending. RFC violations fail the connection with their close code (1002, 1007,
 1009); a client whose pending output passes `output_limit` is cut by the
@@ -44,17 +51,19 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, cast
 
 import orjson
 
+from tidings.auth import Grant
 from tidings.event import Event
 from tidings.hub import Hub, Replay, ResumeError
 from tidings.hub.filtering import split
 from tidings.hub.filters import FilterError
 from tidings.hub.resume import check_since
 from tidings.wire import websocket as ws
+from tidings.wire.access import AuthError, Authority, bearer_token, refusal, uncovered
 from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
 from tidings.wire.replay_queue import ReplayQueue
 
@@ -97,6 +106,7 @@ class UpgradeRequest(Protocol):
 
     method: str
     path: str
+    query: dict[str, list[str]]
     headers: dict[str, str]
 
 
@@ -111,14 +121,21 @@ class WsSettings:
     ping_interval: float = 20.0
     #: seconds a closing connection waits for the client's close frame
     close_timeout: float = 5.0
+    #: signs client tokens; None: no authentication (tidings.wire.access)
+    auth_secret: bytes | None = field(default=None, repr=False)
 
     @classmethod
-    def from_settings(cls, settings: object) -> WsSettings:
-        """From the daemon's `tidings.config.Settings` (fields it lacks keep defaults)."""
+    def from_settings(cls, settings: object, auth_secret: bytes | None = None) -> WsSettings:
+        """From the daemon's `tidings.config.Settings` (fields it lacks keep defaults), or
+        the HTTP listener's settings (whose `auth_secret` is bytes, as here)."""
+        if auth_secret is None:
+            secret = getattr(settings, "auth_secret", None)
+            auth_secret = secret if isinstance(secret, bytes) else None
         return cls(
             max_message=int(getattr(settings, "ws_max_message", ws.MAX_MESSAGE)),
             output_limit=int(getattr(settings, "output_limit", 1 << 20)),
             ping_interval=float(getattr(settings, "ws_ping_interval", 20.0)),
+            auth_secret=auth_secret or None,
         )
 
 
@@ -141,6 +158,8 @@ class WsService:
         self.settings = settings or WsSettings()
         self.connections: dict[WsConnection, None] = {}
         self.stats = WsStats()
+        #: with an auth secret: checks tokens; None: no authentication
+        self.auth = Authority(self.settings.auth_secret) if self.settings.auth_secret else None
         self._flusher: Flusher | None = None
         self._ids = itertools.count(1)
 
@@ -164,9 +183,19 @@ class WsService:
             self.stats.handshakes_refused += 1
             return ws.reject_response(exc)
         self.stats.connections_total += 1
-        return WsConnection(
+        conn = WsConnection(
             self, next(self._ids), ws.handshake_response(accept_value), request.headers
         )
+        if self.auth is not None:
+            # a token in the URL (browsers) or the header (services) is checked at once; a
+            # bad one is told and closed (1008) after the upgrade, where a browser sees why
+            try:
+                token = bearer_token(request.headers, request.query)
+                if token is not None:
+                    conn.grant = self.auth.verify(token)
+            except AuthError as exc:
+                conn.refused = f"invalid token: {exc}"
+        return conn
 
     def close_clients(self, reason: str = "server shutting down") -> None:
         """Close every session with 1001 (going away) and `reason`."""
@@ -209,6 +238,7 @@ class WsConnection(asyncio.Protocol):
 
     __slots__ = (
         "_closing",
+        "_expiry",
         "_heard",
         "_ping_timer",
         "_read_paused",
@@ -216,6 +246,7 @@ class WsConnection(asyncio.Protocol):
         "_response",
         "_write",
         "channels",
+        "grant",
         "hub",
         "id",
         "on_lost",
@@ -223,6 +254,7 @@ class WsConnection(asyncio.Protocol):
         "outbox",
         "parser",
         "peer",
+        "refused",
         "service",
         "settings",
         "transport",
@@ -252,6 +284,11 @@ class WsConnection(asyncio.Protocol):
         self._closing: str | None = None
         self._heard = True  # the client sent something since the last ping
         self._ping_timer: asyncio.TimerHandle | None = None
+        #: with an auth secret: the token's grant, its expiry timer, and why a token given
+        #: with the upgrade request was refused (the connection then closes at once)
+        self.grant: Grant | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self.refused: str | None = None
 
     def __repr__(self) -> str:
         return f"<WsConnection id={self.id} addr={self.peer}>"
@@ -284,6 +321,11 @@ class WsConnection(asyncio.Protocol):
         self._replays = ReplayQueue(self.outbox, self.service.flusher)
         self.service.connections[self] = None
         self._write(self._response)
+        if self.refused is not None:
+            self._refuse(self.refused)
+            return
+        if self.grant is not None:
+            self._watch(self.grant)
         if self.settings.ping_interval > 0:
             loop = self.service.flusher.loop
             self._ping_timer = loop.call_later(self.settings.ping_interval, self._ping)
@@ -400,6 +442,68 @@ class WsConnection(asyncio.Protocol):
         if self._ping_timer is not None:
             self._ping_timer.cancel()
             self._ping_timer = None
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
+    # -- tokens (with an auth secret) -------------------------------------------------------
+    def _refuse(self, reason: str) -> None:
+        """A bad token: say why, in a message and in the close frame (cut to fit), and close."""
+        log.info("ws client id=%d addr=%s: %s; closing", self.id, self.peer, reason)
+        self._error(reason)
+        self.close(ws.POLICY_VIOLATION, reason)
+
+    def _watch(self, grant: Grant) -> None:
+        auth = self.service.auth
+        assert auth is not None
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self.grant = grant
+        self._expiry = auth.watch(self.service.flusher.loop, grant, self._token_expired)
+
+    def _token_expired(self) -> None:
+        self._expiry = None
+        if self._closing is None:
+            self._leave()  # before anything else can be queued
+            self._refuse("token expired")
+
+    def _op_auth(self, request: Mapping[str, Any]) -> None:
+        auth = self.service.auth
+        if auth is None:
+            self._error("this server has no auth secret: no token is needed")
+            return
+        token = request.get("token")
+        if not isinstance(token, str):
+            self._refuse('invalid token: "token" must be a string')
+            return
+        try:
+            grant = auth.verify(token)
+        except AuthError as exc:
+            self._refuse(f"invalid token: {exc}")
+            return
+        lost = uncovered(grant, self.channels)
+        if lost is not None:
+            self._error(f"the new token is not taken: {lost}, which is subscribed here")
+            return
+        self._watch(grant)
+        log.debug("ws client id=%d addr=%s: authenticated (%s)", self.id, self.peer, grant.who())
+        reply: dict[str, Any] = {"op": "authenticated", "exp": grant.expires}
+        if grant.subject is not None:
+            reply["sub"] = grant.subject
+        self._reply(reply)
+
+    def _refusal(self, channel: str) -> str | None:
+        """Why the token (or its absence) does not allow `channel`; None if it does."""
+        if self.service.auth is None:
+            return None
+        if self.grant is None:
+            return (
+                'authentication required: send {"op":"auth","token":"..."} first, '
+                "or connect to /ws?token=..."
+            )
+        if not self.grant.allows_channel(channel):
+            return refusal(channel)
+        return None
 
     def _ping(self) -> None:
         self._ping_timer = None
@@ -458,8 +562,10 @@ class WsConnection(asyncio.Protocol):
             self._op_unsubscribe(request)
         elif op == "ping":
             self._write(_PONG)
+        elif op == "auth":
+            self._op_auth(request)
         else:
-            self._error(f"unknown op {op!r}: use subscribe, unsubscribe or ping")
+            self._error(f"unknown op {op!r}: use subscribe, unsubscribe, ping or auth")
 
     def _channel(self, request: Mapping[str, Any]) -> str | None:
         channel = request.get("channel")
@@ -482,6 +588,10 @@ class WsConnection(asyncio.Protocol):
                 check_since(since, self.hub.next_id)
         except (FilterError, ResumeError) as exc:
             self._reply({"op": "error", "message": str(exc), "channel": channel})
+            return
+        refused = self._refusal(channel)
+        if refused is not None:
+            self._reply({"op": "error", "message": refused, "channel": channel})
             return
         self._reply({"op": "subscribed", "channel": channel})
         if channel in self.channels:
