@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tidings.hub import history as _history
+from tidings.wire.origins import Origins, OriginsError
 
 
 class ConfigError(ValueError):
@@ -65,6 +66,14 @@ class Settings:
         "HOST:PORT for the HTTP listener, e.g. 127.0.0.1:8080: Server-Sent Events (/sse), "
         "WebSocket (/ws), /healthz, /metrics, /channels, POST /publish (empty: off)",
         metavar="HOST:PORT",
+    )
+    origins: str = _opt(
+        "*",
+        "web pages allowed to use the HTTP listener from a browser: * (any), or comma-separated "
+        "origins such as https://app.example,http://localhost:* (port * = any port). Others "
+        "get no CORS header and their WebSocket handshakes are refused (403); clients that "
+        "send no Origin (curl, services) are not affected",
+        metavar="LIST",
     )
     sse_heartbeat: float = _opt(
         15.0, "seconds between comment heartbeats on SSE streams (0: none)", metavar="S"
@@ -150,6 +159,10 @@ class Settings:
             parse_hostport(self.resp)
         if self.http:
             parse_hostport(self.http)
+        try:
+            Origins.parse(self.origins)
+        except OriginsError as exc:
+            raise ConfigError(f"origins: {exc}") from None
         if self.sse_heartbeat < 0 or self.health_max_lag <= 0:
             raise ConfigError("sse_heartbeat must be >= 0 and health_max_lag > 0 seconds")
         if not 1 <= self.server_id < 2**32:

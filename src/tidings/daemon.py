@@ -46,6 +46,7 @@ from tidings.state import (
 )
 from tidings.state.reread import Rereader
 from tidings.wire.http_server import HttpService, HttpSettings
+from tidings.wire.origins import Origins
 from tidings.wire.resp_server import RespService, RespSettings
 from tidings.wire.snapshot_stream import SnapshotService
 from tidings.wire.ws_session import WsService, WsSettings
@@ -125,6 +126,7 @@ class Daemon:
                     sse_heartbeat=s.sse_heartbeat,
                     health_max_lag=s.health_max_lag,
                     max_publish=s.max_bulk,
+                    origins=Origins.parse(s.origins),
                 ),
                 has_source=bool(s.mysql),
                 resp=self.resp,

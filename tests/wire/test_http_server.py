@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tidings.hub import Hub
 from tidings.wire import ws_session
 from tidings.wire.http_server import HttpService, HttpSettings
+from tidings.wire.origins import Origins
 
 TIMEOUT = 10
 
@@ -492,3 +493,109 @@ async def test_ws_hand_off_to_ws_session(server: Server, monkeypatch: pytest.Mon
     refused.send(f"GET /ws?no=1 HTTP/1.1\r\nHost: t\r\n{up}\r\n".encode())
     assert (await refused.response())[0] == 403
     assert await refused.closed() == b""
+
+
+# -- CORS ------------------------------------------------------------------------------------------
+PAGE = "http://127.0.0.1:5500"
+
+
+async def test_cors_with_the_default_lets_any_page_read() -> None:
+    async with running() as srv:
+        client = await srv.connect()
+        status, headers, _ = await client.get("/healthz", f"Origin: {PAGE}\r\n")
+        assert status == 200 and headers["access-control-allow-origin"] == "*"
+        status, headers, _ = await client.get("/nope", f"Origin: {PAGE}\r\n")
+        assert status == 404 and headers["access-control-allow-origin"] == "*"
+        stream = await srv.connect()
+        stream.send(f"GET /sse?channel=c HTTP/1.1\r\nHost: t\r\nOrigin: {PAGE}\r\n\r\n".encode())
+        head = await asyncio.wait_for(stream.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert b"\r\nAccess-Control-Allow-Origin: *\r\n" in head, head
+        await stream.block()
+        await until(lambda: srv.hub.subscriber_count("c") == 1)
+        event_id = row(srv.hub, "c", n=1)
+        assert (await stream.events(1))[0][0] == event_id
+
+
+async def test_cors_with_a_list_echoes_allowed_origins_only() -> None:
+    async with running(origins=Origins.parse(f"{PAGE}, https://app.example")) as srv:
+        client = await srv.connect()
+        status, headers, _ = await client.get("/channels", f"Origin: {PAGE}\r\n")
+        assert status == 200
+        assert (headers["access-control-allow-origin"], headers["vary"]) == (PAGE, "Origin")
+        status, headers, body = await client.get("/channels", "Origin: https://evil.example\r\n")
+        # served (CORS is the browser's to enforce) but without the header that lets it read
+        assert status == 200 and b"channels" in body
+        assert "access-control-allow-origin" not in headers and headers["vary"] == "Origin"
+        status, headers, _ = await client.get("/channels")
+        assert status == 200 and "access-control-allow-origin" not in headers
+
+        allowed, refused = await srv.connect(), await srv.connect()
+        for client, origin in ((allowed, PAGE), (refused, "https://evil.example")):
+            request = f"GET /sse?channel=c HTTP/1.1\r\nHost: t\r\nOrigin: {origin}\r\n\r\n"
+            client.send(request.encode())
+        head = await asyncio.wait_for(allowed.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert f"\r\nAccess-Control-Allow-Origin: {PAGE}\r\nVary: Origin\r\n".encode() in head
+        head = await asyncio.wait_for(refused.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert head.startswith(b"HTTP/1.1 200 OK") and b"Access-Control-Allow-Origin" not in head
+
+
+async def test_preflight_allowed_refused_and_plain_options() -> None:
+    async with running(origins=Origins.parse(PAGE), allow_publish=True) as srv:
+        client = await srv.connect()
+        client.send(
+            f"OPTIONS /publish HTTP/1.1\r\nHost: t\r\nOrigin: {PAGE}\r\n"
+            "Access-Control-Request-Method: POST\r\n"
+            "Access-Control-Request-Headers: authorization, content-type\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        lines = head.decode().split("\r\n")
+        assert lines[0] == "HTTP/1.1 204 No Content"
+        headers = dict(line.split(": ", 1) for line in lines[1:] if line)
+        assert "Content-Length" not in headers and "Content-Type" not in headers  # RFC 9110
+        assert headers["Access-Control-Allow-Origin"] == PAGE
+        assert headers["Access-Control-Allow-Methods"] == "POST"
+        allowed_headers = headers["Access-Control-Allow-Headers"]
+        assert allowed_headers == "Authorization, Content-Type, Last-Event-ID"
+        assert headers["Allow"] == "POST, OPTIONS"
+        # the same keep-alive connection goes on with the real request
+        body = b'{"channel":"c","payload":"hi"}'
+        client.send(
+            b"POST /publish HTTP/1.1\r\nHost: t\r\nOrigin: %b\r\nContent-Length: %d\r\n\r\n%b"
+            % (PAGE.encode(), len(body), body)
+        )
+        status, headers, answer = await client.response()
+        assert (status, answer) == (200, b'{"receivers":0}')
+        assert headers["access-control-allow-origin"] == PAGE
+
+        client.send(
+            b"OPTIONS /sse HTTP/1.1\r\nHost: t\r\nOrigin: https://evil.example\r\n"
+            b"Access-Control-Request-Method: GET\r\n\r\n"
+        )
+        status, headers, answer = await client.response()
+        assert status == 403 and b"https://evil.example" in answer and b"--origins" in answer
+        assert "access-control-allow-origin" not in headers
+
+        client.send(b"OPTIONS /metrics HTTP/1.1\r\nHost: t\r\n\r\n")  # no Origin: not CORS
+        head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert head.startswith(b"HTTP/1.1 204") and b"\r\nAllow: GET, OPTIONS\r\n" in head
+        status, _, _ = await client.get("/nope", "Origin: x\r\n")
+        assert status == 404
+        client.send(b"OPTIONS /nope HTTP/1.1\r\nHost: t\r\nOrigin: http://127.0.0.1:5500\r\n\r\n")
+        assert (await client.response())[0] == 404
+
+
+async def test_ws_handshakes_from_other_origins_are_refused_at_the_listener() -> None:
+    async with running(origins=Origins.parse(PAGE)) as srv:
+        upgrade = (
+            "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        )
+        refused = await srv.connect()
+        refused.send(f"{upgrade}Origin: https://evil.example\r\n\r\n".encode())
+        answer = await refused.closed()
+        assert answer.startswith(b"HTTP/1.1 403 Forbidden\r\n") and b"--origins" in answer
+        allowed = await srv.connect()
+        allowed.send(f"{upgrade}Origin: {PAGE}\r\n\r\n".encode())
+        head = await asyncio.wait_for(allowed.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        allowed.close()

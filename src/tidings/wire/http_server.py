@@ -52,6 +52,7 @@ from tidings.hub.filters import FilterError
 from tidings.hub.resume import check_since
 from tidings.wire import http, ws_session
 from tidings.wire.http import HttpError, Request, RequestParser
+from tidings.wire.origins import ANY, Origins
 from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
 
 __all__ = [
@@ -108,6 +109,8 @@ class HttpSettings:
     health_max_lag: float = 10.0
     #: largest POST /publish body
     max_publish: int = 64 * 1024
+    #: pages allowed to read answers cross-origin (CORS) and to open WebSockets
+    origins: Origins = ANY
     max_line: int = http.MAX_LINE
     max_headers: int = http.MAX_HEADERS
 
@@ -313,9 +316,12 @@ class HttpConnection(asyncio.Protocol):
     def _route(self, request: Request) -> None:
         methods = ROUTES.get(request.path)
         if methods is None:
-            self.respond_error(404, f"no such resource: {request.path}", keep_alive=True)
+            self._error(request, 404, f"no such resource: {request.path}")
             return
         handler = methods.get(request.method)
+        if handler is None and request.method == "OPTIONS":
+            self._preflight(request, ", ".join(methods))
+            return
         if handler is None and request.method == "HEAD" and request.path not in _NO_HEAD:
             handler = methods.get("GET")
         if handler is None:
@@ -336,6 +342,7 @@ class HttpConnection(asyncio.Protocol):
         stats = self.service.stats.responses
         stats[status] = stats.get(status, 0) + 1
         keep = request.keep_alive
+        headers += self.settings.origins.cors_headers(request.headers.get("origin"))
         if request.method == "HEAD":
             data = http.response(status, body, content_type, keep_alive=keep, headers=headers)
             data = data[: len(data) - len(body)]
@@ -355,6 +362,23 @@ class HttpConnection(asyncio.Protocol):
     def _error(self, request: Request, status: int, message: str) -> None:
         body = orjson.dumps({"error": message, "status": status})
         self.respond(status, body, request)
+
+    def _preflight(self, request: Request, methods: str) -> None:
+        """OPTIONS: a browser asks whether a page of another origin may call this route."""
+        origin = request.headers.get("origin")
+        allow = (("Allow", f"{methods}, OPTIONS"),)
+        if origin is None:  # not a preflight: just say what the route takes
+            self.respond(204, b"", request, headers=allow)
+            return
+        cors = self.settings.origins.preflight_headers(origin, methods)
+        if cors is None:
+            self._error(request, 403, f"origin {origin!r} is not allowed here (see --origins)")
+            return
+        stats = self.service.stats.responses
+        stats[204] = stats.get(204, 0) + 1
+        self._write(http.response(204, keep_alive=request.keep_alive, headers=allow + cors))
+        if not request.keep_alive:
+            self.close()
 
     # -- handlers, one per route ------------------------------------------------------------------
     def get_healthz(self, request: Request) -> None:
@@ -454,15 +478,16 @@ class HttpConnection(asyncio.Protocol):
         stats = self.service.stats.responses
         stats[200] = stats.get(200, 0) + 1
         hub = self.hub
+        head = http.sse_head(self.settings.origins.cors_headers(request.headers.get("origin")))
         if since is None:
             # the id to resume from if the stream breaks before its first event
-            self._write(http.SSE_HEAD + http.sse_retry(self.settings.sse_retry_ms, hub.next_id - 1))
+            self._write(head + http.sse_retry(self.settings.sse_retry_ms, hub.next_id - 1))
             for name in channels:
                 hub.subscribe(self, name)
             for name in patterns:
                 hub.psubscribe(self, name)
             return
-        self._write(http.SSE_HEAD + http.sse_retry(self.settings.sse_retry_ms))
+        self._write(head + http.sse_retry(self.settings.sse_retry_ms))
         self._replay = hub.resume(self, since, channels=channels, patterns=patterns)
         self._pump()
 

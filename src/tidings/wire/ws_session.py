@@ -55,6 +55,7 @@ from tidings.hub.filtering import split
 from tidings.hub.filters import FilterError
 from tidings.hub.resume import check_since
 from tidings.wire import websocket as ws
+from tidings.wire.origins import ANY, Origins
 from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
 
 __all__ = [
@@ -110,14 +111,19 @@ class WsSettings:
     ping_interval: float = 20.0
     #: seconds a closing connection waits for the client's close frame
     close_timeout: float = 5.0
+    #: pages whose handshakes are accepted (a handshake without Origin always is)
+    origins: Origins = ANY
 
     @classmethod
     def from_settings(cls, settings: object) -> WsSettings:
-        """From the daemon's `tidings.config.Settings` (fields it lacks keep defaults)."""
+        """From the daemon's `tidings.config.Settings` or the listener's `HttpSettings`
+        (fields it lacks keep defaults)."""
+        origins = getattr(settings, "origins", ANY)
         return cls(
             max_message=int(getattr(settings, "ws_max_message", ws.MAX_MESSAGE)),
             output_limit=int(getattr(settings, "output_limit", 1 << 20)),
             ping_interval=float(getattr(settings, "ws_ping_interval", 20.0)),
+            origins=Origins.parse(origins) if isinstance(origins, str) else origins,
         )
 
 
@@ -159,6 +165,14 @@ class WsService:
         """The session for a valid handshake, else a complete HTTP error response."""
         try:
             accept_value = ws.check_handshake(request.method, request.headers)
+            origin = request.headers.get("origin")
+            if origin is not None and not self.settings.origins.allows(origin):
+                # browsers let any page open a WebSocket anywhere: the server must say no
+                raise ws.HandshakeError(
+                    403,
+                    f"origin {origin!r} may not open a WebSocket here: "
+                    "add it to the daemon's --origins setting",
+                )
         except ws.HandshakeError as exc:
             self.stats.handshakes_refused += 1
             return ws.reject_response(exc)
@@ -238,7 +252,7 @@ class WsConnection(asyncio.Protocol):
         self.settings = s = service.settings
         self.id = conn_id
         self._response = response
-        #: the Origin header as sent (browsers send it; an allow-list is for later)
+        #: the Origin header as sent (browsers send it; checked against `origins` before)
         self.origin = headers.get("origin")
         self.parser = ws.FrameParser(s.max_message)
         self.peer = "?"
