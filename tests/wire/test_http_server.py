@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tidings.hub import Hub
+from tidings.source.changes import Position
 from tidings.wire import ws_session
 from tidings.wire.http_server import HttpService, HttpSettings
 from tidings.wire.origins import Origins
@@ -379,6 +380,7 @@ class FakeSource:
         self.reconnects = 1
         self.heartbeat = 1.0
         self.last_error: str | None = "connection refused"
+        self.position: Position | None = Position("mariadb-bin.000002", 1234, "0-1-57")
 
 
 async def test_healthz_follows_the_source() -> None:
@@ -599,3 +601,108 @@ async def test_ws_handshakes_from_other_origins_are_refused_at_the_listener() ->
         head = await asyncio.wait_for(allowed.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
         assert head.startswith(b"HTTP/1.1 101 ")
         allowed.close()
+
+
+# -- /stats and the dashboard ----------------------------------------------------------------------
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_stats_report_the_counters_of_metrics_and_rank_channels() -> None:
+    ctx = running()
+    ctx.kwargs["has_source"] = True
+    async with ctx as srv:
+        srv.service.websocket = ws_session.WsService(srv.hub)
+        source = FakeSource()
+        source.connected = True
+        srv.service.source = source
+        subs = [await srv.connect() for _ in range(3)]
+        await subs[0].stream("/sse?channel=busy&channel=quiet")
+        await subs[1].stream("/sse?channel=busy")
+        await subs[2].stream("/sse?pattern=b*")
+        await until(lambda: srv.hub.subscriber_count("busy") == 2)
+        for n in range(6):
+            row(srv.hub, "busy", n=n)
+        row(srv.hub, "quiet", n=0)
+        row(srv.hub, "nobody", n=0)
+        for sub, count in zip(subs, (7, 6, 6), strict=True):
+            await sub.events(count)
+        client = await srv.connect()
+        status, headers, body = await client.get("/stats")
+        assert status == 200 and headers["content-type"] == "application/json"
+        stats = orjson.loads(body)
+        _, _, text = await client.get("/metrics")
+        metrics = metric_samples(text.decode())
+
+        assert stats["events"] == metrics[("tidings_events_published_total", ())] == 8
+        # 6 busy events to 2 exact + 1 pattern subscriber, 1 quiet event to 1
+        assert stats["deliveries"] == metrics[("tidings_events_delivered_total", ())] == 19
+        assert stats["subscriptions"] == metrics[("tidings_subscriptions", ())] == 3
+        assert stats["channels"] == 2 and stats["patterns"] == 1
+        for protocol, open_now in stats["connections"].items():
+            assert metrics[("tidings_connections", (("protocol", protocol),))] == open_now
+        assert stats["connections"] == {"http": 1, "sse": 3, "websocket": 0}
+        assert stats["bytes_out"]["http"] > 19 * 50 and stats["bytes_out"]["websocket"] == 0
+        assert stats["slow_consumers_cut"] == {"http": 0, "websocket": 0}
+        assert stats["last_id"] == srv.hub.next_id - 1
+        assert stats["binlog"] == {
+            "connected": True,
+            "file": "mariadb-bin.000002",
+            "pos": 1234,
+            "gtid": "0-1-57",
+            "lag_seconds": 0.0,
+            "events": 10,
+            "bytes": 1234,
+            "transactions": 0,
+            "reconnects": 1,
+            "last_error": "connection refused",
+        }
+        assert stats["busiest"] == [
+            {"channel": "busy", "events": 6, "subscribers": 2},
+            {"channel": "quiet", "events": 1, "subscribers": 1},
+            {"channel": "nobody", "events": 1, "subscribers": 0},
+        ]
+        assert stats["uptime_seconds"] > 0 and stats["event_loop_lag_seconds"] >= 0
+        source.connected = False
+        _, _, body = await client.get("/stats")
+        binlog = orjson.loads(body)["binlog"]
+        assert (binlog["connected"], binlog["lag_seconds"]) == (False, None)
+
+
+async def test_stats_without_a_source_and_bounded_busiest(server: Server) -> None:
+    for n in range(15):
+        for _ in range(n):
+            row(server.hub, f"c{n}", n=n)
+    stats = server.service.stats_report(busiest=10)
+    assert stats["binlog"] is None
+    assert [c["channel"] for c in stats["busiest"]] == [f"c{n}" for n in range(14, 4, -1)]
+
+
+async def test_the_dashboard_is_three_files_of_our_own(server: Server) -> None:
+    client = await server.connect()
+    status, headers, page = await client.get("/")
+    assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
+    csp = headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp
+    assert "connect-src 'self'" in csp and headers["x-content-type-options"] == "nosniff"
+    assert b'<script src="dashboard.js" defer></script>' in page
+    assert b'<link rel="stylesheet" href="dashboard.css">' in page
+    files = {"page": page}
+    for path, kind in (("/dashboard.js", "text/javascript"), ("/dashboard.css", "text/css")):
+        status, headers, body = await client.get(path)
+        assert status == 200 and headers["content-type"].startswith(kind), headers
+        files[path] = body
+    # nothing from elsewhere: no CDN, no web font, no inline script or style
+    for name, body in files.items():
+        assert b"http://" not in body and b"https://" not in body and b"//cdn" not in body, name
+    assert b"<script>" not in page and b"<style" not in page and b" style=" not in page
+    for element_id in (b"events-rate", b"deliveries-rate", b"chart-events", b"busiest",
+                       b"binlog-position", b"binlog-lag", b"connections", b"tail-log"):  # fmt: skip
+        assert b'id="' + element_id + b'"' in page, element_id
+    client.send(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n")
+    head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    assert head.startswith(b"HTTP/1.1 200") and f"Content-Length: {len(page)}".encode() in head
