@@ -26,9 +26,15 @@ saying why.
 `GET /ws` with `Upgrade: websocket` is handed to `tidings.wire.ws_session.accept`:
 see `HttpConnection._websocket`.
 
+Browsers: every answer carries the CORS headers the `origins` allow-list gives for
+the request's `Origin` (tidings.wire.origins), and `OPTIONS` on a route answers a
+preflight. `GET /` serves the dashboard, three files of package data
+(tidings/wire/dashboard/) that poll `GET /stats`.
+
 `HttpService` is the listening side: settings, open connections, counters, the
 output `Flusher`, the event-loop lag probe and the binlog lag estimate behind
-`/healthz` and `/metrics`.
+`/healthz`. `readings()` takes every counter at once; `/metrics` (Prometheus text)
+and `/stats` (JSON) are both written from it.
 """
 
 from __future__ import annotations

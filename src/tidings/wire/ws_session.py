@@ -1,16 +1,17 @@
 """The WebSocket session: one `asyncio.Protocol` per browser or service, speaking JSON.
 
 Theory of operation. The HTTP listener (tidings.wire.http_server) parses
-`GET /ws` and calls `accept(request, transport, hub, service)`. A valid
-handshake gets a `WsConnection` (the listener switches the transport to it and
-feeds it any bytes read past the request); a bad one gets a complete HTTP
-error response to write. The connection queues the 101 response on its
-`Outbox` first, then runs the client's bytes through a `FrameParser`
-(tidings.wire.websocket) and each complete text message through the JSON
-protocol below. It is the hub's `Subscriber`: `deliver` fetches the event's
-WebSocket frame from `event.frame(TEXT_FRAME, encode_event)` -- one text frame
-whose payload is exactly the event JSON, built once per event and shared by
-every WebSocket subscriber -- and queues that bytes object.
+`GET /ws` and calls `accept(request, transport, hub, service)`. A valid handshake
+gets a `WsConnection` (the listener switches the transport to it and feeds it
+any bytes read past the request); a bad one, or one whose `Origin` the `origins`
+allow-list refuses (browsers let any page open a socket anywhere, so the server
+must check), gets a complete HTTP error response to write. The connection queues
+the 101 response on its `Outbox` first, then runs the client's bytes through a
+`FrameParser` (tidings.wire.websocket) and each complete text message through
+the JSON protocol below. It is the hub's `Subscriber`: `deliver` fetches the
+event's WebSocket frame from `event.frame(TEXT_FRAME, encode_event)` -- one text
+frame whose payload is exactly the event JSON, built once per event and shared
+by every WebSocket subscriber -- and queues that bytes object.
 
 The protocol (client -> server, one JSON object per text message):
 
