@@ -71,8 +71,20 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
     # the console, and the DevTools network events (to see exactly what the page sent)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    # both paths given: Selenium Manager is skipped, nothing is downloaded (and if it ran, it
+    # would be /bin/false and fail)
+    saved = os.environ.get("SE_MANAGER_PATH")
+    os.environ["SE_MANAGER_PATH"] = "/bin/false"
     try:
+        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    finally:
+        if saved is None:
+            del os.environ["SE_MANAGER_PATH"]
+        else:
+            os.environ["SE_MANAGER_PATH"] = saved
+    try:
+        debian = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True).stdout
+        assert driver.capabilities["browserVersion"] in debian, (debian, driver.capabilities)
         yield driver
     finally:
         driver.quit()
