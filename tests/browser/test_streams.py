@@ -78,6 +78,8 @@ def test_a_websocket_page_receives_an_inserted_row(
         {"n": 7, "v": "ws"},
     )
     assert page.execute_script("return window.wsClosed === undefined")
+    stats = json.loads(daemon.get("/stats")[2])  # counted as a WebSocket, with its bytes
+    assert stats["connections"]["websocket"] == 1 and stats["bytes_out"]["websocket"] > 100
 
 
 def test_an_event_source_resumes_by_itself_across_a_daemon_restart(

@@ -413,19 +413,13 @@ class HttpConnection(asyncio.Protocol):
     def _preflight(self, request: Request, methods: str) -> None:
         """OPTIONS: a browser asks whether a page of another origin may call this route."""
         origin = request.headers.get("origin")
-        allow = (("Allow", f"{methods}, OPTIONS"),)
-        if origin is None:  # not a preflight: just say what the route takes
-            self.respond(204, b"", request, headers=allow)
-            return
-        cors = self.settings.origins.preflight_headers(origin, methods)
-        if cors is None:
-            self._error(request, 403, f"origin {origin!r} is not allowed here (see --origins)")
-            return
-        stats = self.service.stats.responses
-        stats[204] = stats.get(204, 0) + 1
-        self._write(http.response(204, keep_alive=request.keep_alive, headers=allow + cors))
-        if not request.keep_alive:
-            self.close()
+        headers: tuple[tuple[str, str], ...] = (("Allow", f"{methods}, OPTIONS"),)
+        if origin is not None:  # else not a preflight: just say what the route takes
+            if not self.settings.origins.allows(origin):
+                self._error(request, 403, f"origin {origin!r} is not allowed here (see --origins)")
+                return
+            headers += Origins.preflight_headers(methods)
+        self.respond(204, b"", request, headers=headers)  # adds the CORS headers
 
     # -- handlers, one per route ------------------------------------------------------------------
     def get_healthz(self, request: Request) -> None:
@@ -857,8 +851,7 @@ class HttpService:
         )
         if ws_service is not None:
             r.connections["websocket"] = len(ws_service.connections)
-            wstats = ws_service._flusher.stats if ws_service._flusher else None
-            r.bytes_out["websocket"] = wstats.bytes_written if wstats else 0
+            r.bytes_out["websocket"] = ws_service.bytes_written
             r.slow_consumers_cut["websocket"] = ws_service.slow_consumers_cut
         if resp is not None:
             r.connections["resp"] = resp.connections_open

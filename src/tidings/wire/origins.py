@@ -84,14 +84,10 @@ class Origins:
             return (("Access-Control-Allow-Origin", origin), _VARY)
         return (_VARY,)  # a cache must not serve this answer to another origin
 
-    def preflight_headers(
-        self, origin: str | None, methods: str
-    ) -> tuple[tuple[str, str], ...] | None:
-        """The answer to an OPTIONS preflight; None when `origin` may not call."""
-        if origin is None or not self.allows(origin):
-            return None
+    @staticmethod
+    def preflight_headers(methods: str) -> tuple[tuple[str, str], ...]:
+        """What an answer to an allowed origin's preflight adds to `cors_headers`."""
         return (
-            *self.cors_headers(origin),
             ("Access-Control-Allow-Methods", methods),
             ("Access-Control-Allow-Headers", ALLOW_HEADERS),
             ("Access-Control-Max-Age", MAX_AGE),

@@ -160,6 +160,10 @@ class WsService:
     def slow_consumers_cut(self) -> int:
         return self._flusher.stats.slow_consumers_cut if self._flusher else 0
 
+    @property
+    def bytes_written(self) -> int:
+        return self._flusher.stats.bytes_written if self._flusher else 0
+
     def accept(
         self, request: UpgradeRequest, transport: asyncio.BaseTransport
     ) -> WsConnection | bytes:
