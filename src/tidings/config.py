@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from tidings.auth import check_secret
 from tidings.hub import history as _history
+from tidings.wire.origins import Origins, OriginsError
 
 
 class ConfigError(ValueError):
@@ -89,6 +90,14 @@ class Settings:
     tls_min_version: str = _opt("1.2", "oldest TLS version accepted: 1.2 or 1.3", metavar="V")
     tls_handshake_timeout: float = _opt(
         10.0, "seconds a client may take to complete the TLS handshake", metavar="S"
+    )
+    origins: str = _opt(
+        "*",
+        "web pages allowed to use the HTTP listener from a browser: * (any), or comma-separated "
+        "origins such as https://app.example,http://localhost:* (port * = any port). Others "
+        "get no CORS header and their WebSocket handshakes are refused (403); clients that "
+        "send no Origin (curl, services) are not affected",
+        metavar="LIST",
     )
     sse_heartbeat: float = _opt(
         15.0, "seconds between comment heartbeats on SSE streams (0: none)", metavar="S"
@@ -219,6 +228,10 @@ class Settings:
             parse_hostport(self.resp)
         if self.http:
             parse_hostport(self.http)
+        try:
+            Origins.parse(self.origins)
+        except OriginsError as exc:
+            raise ConfigError(f"origins: {exc}") from None
         if self.sse_heartbeat < 0 or self.health_max_lag <= 0:
             raise ConfigError("sse_heartbeat must be >= 0 and health_max_lag > 0 seconds")
         self._check_tls()

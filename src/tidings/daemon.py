@@ -49,6 +49,7 @@ from tidings.systemd import Notifier
 from tidings.tls import ServerTls
 from tidings.wire.http_server import HttpService, HttpSettings
 from tidings.wire.limits import Admission, Limits
+from tidings.wire.origins import Origins
 from tidings.wire.resp_server import RespService, RespSettings
 from tidings.wire.snapshot_stream import SnapshotService
 from tidings.wire.ws_session import WsService, WsSettings
@@ -154,6 +155,7 @@ class Daemon:
                     max_publish=s.max_bulk,
                     auth_secret=self.auth_secret,
                     admin_open_on_loopback=s.admin_open_on_loopback,
+                    origins=Origins.parse(s.origins),
                 ),
                 has_source=bool(s.mysql),
                 resp=self.resp,

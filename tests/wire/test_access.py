@@ -50,7 +50,10 @@ def test_admin_routes_are_flagged_in_the_route_table() -> None:
         "/channels",
         "/metrics",
         "/publish",
+        "/stats",
     }
+    # the dashboard's files are public (the page brings its token in its URL)
+    assert not ROUTES["/"].admin and not ROUTES["/dashboard.js"].admin
 
 
 async def test_authority_watches_expiry_and_never_shows_the_secret() -> None:

@@ -33,15 +33,23 @@ the token expires. Routes flagged `admin` in `ROUTES` need an admin token, unles
 listener is bound to loopback addresses only (`HttpService.admin_open`): that flag is
 the one place that decides.
 
+Browsers: every answer carries the CORS headers the `origins` allow-list gives for
+the request's `Origin` (tidings.wire.origins), and `OPTIONS` on a route answers a
+preflight. `GET /` serves the dashboard, three files of package data
+(tidings/wire/dashboard/) that poll `GET /stats`.
+
 `HttpService` is the listening side: settings, open connections, counters, the
 output `Flusher`, the event-loop lag probe and the binlog lag estimate behind
-`/healthz` and `/metrics`.
+`/healthz`. `readings()` takes every counter at once; `/metrics` (Prometheus text)
+and `/stats` (JSON) are both written from it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import heapq
 import ipaddress
 import itertools
 import logging
@@ -49,6 +57,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from ssl import SSLContext
 from typing import Any, Final, NamedTuple, Protocol, cast
 
@@ -60,10 +69,12 @@ from tidings.hub import Hub, Replay, ResumeError
 from tidings.hub.filtering import split
 from tidings.hub.filters import FilterError
 from tidings.hub.resume import check_since
+from tidings.source.changes import Position
 from tidings.wire import http, ws_session
 from tidings.wire.access import REALM, AuthError, Authority, bearer_token, uncovered
 from tidings.wire.http import HttpError, Request, RequestParser
 from tidings.wire.limits import Admission, Clock, peer_host
+from tidings.wire.origins import ANY, Origins
 from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
 from tidings.wire.replay_queue import ReplayQueue
 
@@ -73,6 +84,7 @@ __all__ = [
     "HttpService",
     "HttpSettings",
     "HttpStats",
+    "Readings",
     "SourceStatus",
     "sse_frame",
 ]
@@ -98,6 +110,8 @@ class SourceStatus(Protocol):
     """What health and metrics read from the binlog source (tidings.source.replica.Replica)."""
 
     connected: bool
+    #: where the stream is: after the last transaction read (None before the first connection)
+    position: Position | None
     #: time.monotonic() of the last event received, heartbeats included
     last_event_time: float
     #: commit time (epoch seconds) of the last transaction read
@@ -124,12 +138,48 @@ class HttpSettings:
     health_max_lag: float = 10.0
     #: largest POST /publish body
     max_publish: int = 64 * 1024
+    #: pages allowed to read answers cross-origin (CORS) and to open WebSockets
+    origins: Origins = ANY
     max_line: int = http.MAX_LINE
     max_headers: int = http.MAX_HEADERS
     #: signs client tokens; None: no authentication (tidings.wire.access)
     auth_secret: bytes | None = field(default=None, repr=False)
     #: with a secret, admin routes need no token while every listening socket is loopback
     admin_open_on_loopback: bool = True
+
+
+@dataclass(slots=True)
+class Readings:
+    """One reading of the service's counters (see `HttpService.readings`)."""
+
+    #: open connections and connections accepted, by protocol
+    connections: dict[str, int]
+    opened: dict[str, int]
+    #: subscribed channel -> subscribers
+    channels: dict[str, int]
+    patterns: int
+    #: hub: live events published, deliveries made (all protocols)
+    published: int
+    delivered: int
+    sse_deliveries: int
+    #: by protocol
+    bytes_out: dict[str, int]
+    slow_consumers_cut: dict[str, int]
+    #: HTTP status -> responses
+    responses: dict[int, int]
+    #: largest event-loop delay lately (seconds)
+    loop_lag: float
+    #: with a source configured: it (None until it exists), and the lag (None: disconnected)
+    source: SourceStatus | None = None
+    lag: float | None = None
+
+    @property
+    def subscriptions(self) -> int:
+        return sum(self.channels.values())
+
+    @property
+    def connected(self) -> bool:
+        return self.source is not None and self.source.connected
 
 
 @dataclass(slots=True)
@@ -371,12 +421,16 @@ class HttpConnection(asyncio.Protocol):
     def _route(self, request: Request) -> None:
         route = ROUTES.get(request.path)
         if route is None:
-            self.respond_error(404, f"no such resource: {request.path}", keep_alive=True)
-            return
-        if route.admin and not self._admin(request):
+            self._error(request, 404, f"no such resource: {request.path}")
             return
         methods = route.methods
         handler = methods.get(request.method)
+        if handler is None and request.method == "OPTIONS":
+            # a browser's CORS preflight carries no token: answered before the admin check
+            self._preflight(request, ", ".join(methods))
+            return
+        if route.admin and not self._admin(request):
+            return
         if handler is None and request.method == "HEAD" and request.path not in _NO_HEAD:
             handler = methods.get("GET")
         if handler is None:
@@ -397,6 +451,7 @@ class HttpConnection(asyncio.Protocol):
         stats = self.service.stats.responses
         stats[status] = stats.get(status, 0) + 1
         keep = request.keep_alive
+        headers += self.settings.origins.cors_headers(request.headers.get("origin"))
         if request.method == "HEAD":
             data = http.response(status, body, content_type, keep_alive=keep, headers=headers)
             data = data[: len(data) - len(body)]
@@ -464,6 +519,17 @@ class HttpConnection(asyncio.Protocol):
             return False
         return True
 
+    def _preflight(self, request: Request, methods: str) -> None:
+        """OPTIONS: a browser asks whether a page of another origin may call this route."""
+        origin = request.headers.get("origin")
+        headers: tuple[tuple[str, str], ...] = (("Allow", f"{methods}, OPTIONS"),)
+        if origin is not None:  # else not a preflight: just say what the route takes
+            if not self.settings.origins.allows(origin):
+                self._error(request, 403, f"origin {origin!r} is not allowed here (see --origins)")
+                return
+            headers += Origins.preflight_headers(methods)
+        self.respond(204, b"", request, headers=headers)  # adds the CORS headers
+
     # -- handlers, one per route ------------------------------------------------------------------
     def get_healthz(self, request: Request) -> None:
         ok, report = self.service.health()
@@ -478,6 +544,15 @@ class HttpConnection(asyncio.Protocol):
     def get_metrics(self, request: Request) -> None:
         text = self.service.metrics().encode()
         self.respond(200, text, request, "text/plain; version=0.0.4; charset=utf-8")
+
+    def get_stats(self, request: Request) -> None:
+        self.respond(200, orjson.dumps(self.service.stats_report()), request)
+
+    def get_dashboard(self, request: Request) -> None:
+        """The dashboard page and its two files (package data, no build step)."""
+        name = _DASHBOARD_FILES[request.path]
+        headers = _DASHBOARD_HEADERS if name == "index.html" else _NOSNIFF
+        self.respond(200, dashboard_file(name), request, _CONTENT_TYPES[name], headers)
 
     def post_publish(self, request: Request) -> None:
         if not self.settings.allow_publish:
@@ -576,15 +651,16 @@ class HttpConnection(asyncio.Protocol):
             assert auth is not None
             self._expiry = auth.watch(self.service.flusher.loop, grant, self._token_expired)
         hub = self.hub
+        head = http.sse_head(self.settings.origins.cors_headers(request.headers.get("origin")))
         if since is None:
             # the id to resume from if the stream breaks before its first event
-            self._write(http.SSE_HEAD + http.sse_retry(self.settings.sse_retry_ms, hub.next_id - 1))
+            self._write(head + http.sse_retry(self.settings.sse_retry_ms, hub.next_id - 1))
             for name in channels:
                 hub.subscribe(self, name)
             for name in patterns:
                 hub.psubscribe(self, name)
             return
-        self._write(http.SSE_HEAD + http.sse_retry(self.settings.sse_retry_ms))
+        self._write(head + http.sse_retry(self.settings.sse_retry_ms))
         self._replays.add(hub.resume(self, since, channels=channels, patterns=patterns))
 
     def get_ws(self, request: Request) -> None:
@@ -626,6 +702,37 @@ class Route(NamedTuple):
     admin: bool = False
 
 
+# -- the dashboard's files ------------------------------------------------------------------------
+_DASHBOARD_FILES: Final = {
+    "/": "index.html",
+    "/dashboard.js": "dashboard.js",
+    "/dashboard.css": "dashboard.css",
+}
+_CONTENT_TYPES: Final = {
+    "index.html": "text/html; charset=utf-8",
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+}
+_NOSNIFF: Final = (("X-Content-Type-Options", "nosniff"),)
+# the page loads only its own files and talks only to its own origin: event data that got
+# into the page as markup could not run, nor send anything elsewhere
+_DASHBOARD_HEADERS: Final = (
+    *_NOSNIFF,
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    ("Referrer-Policy", "no-referrer"),  # a ?token= in the page URL goes nowhere else
+)
+
+
+@functools.cache
+def dashboard_file(name: str) -> bytes:
+    """One of the dashboard's files, read once from the package."""
+    return (resources.files("tidings.wire") / "dashboard" / name).read_bytes()
+
+
 #: GET routes that HEAD does not mirror (they start a stream or a protocol switch)
 _NO_HEAD: Final = frozenset(("/sse", "/ws"))
 H = HttpConnection
@@ -637,6 +744,9 @@ ROUTES: Final[dict[str, Route]] = {
     "/channels": Route({"GET": H.get_channels}, admin=True),
     "/metrics": Route({"GET": H.get_metrics}, admin=True),
     "/publish": Route({"POST": H.post_publish}, admin=True),
+    "/stats": Route({"GET": H.get_stats}, admin=True),
+    # the dashboard's own files stay public: the page brings its token in its URL
+    **{path: Route({"GET": H.get_dashboard}) for path in _DASHBOARD_FILES},
 }
 del H
 
@@ -746,6 +856,8 @@ class HttpService:
         self._heartbeat: asyncio.TimerHandle | None = None
         self._ids = itertools.count(1)
         self.servers: list[asyncio.Server] = []
+        #: time.monotonic() at creation (for /stats' uptime: rates between two readings)
+        self.started = time.monotonic()
         self._drained: asyncio.Future[None] | None = None
         #: connection limits, shared with the RESP listener by the daemon
         self.admission = admission or Admission()
@@ -889,64 +1001,87 @@ class HttpService:
             }
         return True, {"status": "ok", "lag_seconds": round(lag, 3)}
 
-    def metrics(self) -> str:
-        """Prometheus text exposition format 0.0.4."""
-        out = _Metrics()
-        resp = self.resp
+    def readings(self) -> Readings:
+        """Every counter at this moment: /metrics and /stats are both written from this."""
         hub = self.hub
         stats = self.stats
-        mine = self._flusher.stats if self._flusher else None
-        websocket = stats.websocket_total
-        open_http = len(self.connections) - len(self.streams)
-        conns: list[tuple[str, float]] = [("http", open_http), ("sse", len(self.streams))]
-        total: list[tuple[str, float]] = [
-            ("http", stats.connections_total - stats.sse_total),
-            ("sse", stats.sse_total),
-            ("websocket", websocket),
-        ]
+        resp = self.resp
         ws_service = self.websocket
+        mine = self._flusher.stats if self._flusher else None
+        r = Readings(
+            connections={
+                "http": len(self.connections) - len(self.streams),
+                "sse": len(self.streams),
+            },
+            opened={
+                "http": stats.connections_total - stats.sse_total,
+                "sse": stats.sse_total,
+                "websocket": stats.websocket_total,
+            },
+            channels=hub.channels(),
+            patterns=hub.pattern_count(),
+            published=hub.published,
+            delivered=hub.delivered,
+            sse_deliveries=stats.deliveries,
+            bytes_out={"http": mine.bytes_written if mine else 0},
+            slow_consumers_cut={"http": mine.slow_consumers_cut if mine else 0},
+            responses=dict(sorted(stats.responses.items())),
+            loop_lag=self._monitor.max_lag if self._monitor else 0.0,
+        )
         if ws_service is not None:
-            conns.append(("websocket", len(ws_service.connections)))
+            r.connections["websocket"] = len(ws_service.connections)
+            r.bytes_out["websocket"] = ws_service.bytes_written
+            r.slow_consumers_cut["websocket"] = ws_service.slow_consumers_cut
         if resp is not None:
-            conns.append(("resp", resp.connections_open))
-            total.append(("resp", resp.stats.connections_total))
-        out.family("tidings_connections", "gauge", "Open client connections.", "protocol", conns)
+            r.connections["resp"] = resp.connections_open
+            r.opened["resp"] = resp.stats.connections_total
+            rstats = resp.flusher.stats
+            r.bytes_out["resp"] = rstats.bytes_written
+            r.slow_consumers_cut["resp"] = rstats.slow_consumers_cut
+        if self.has_source:
+            r.source = self._source
+            r.lag = self.binlog_lag()
+        return r
+
+    def metrics(self) -> str:
+        """Prometheus text exposition format 0.0.4."""
+        r = self.readings()
+        out = _Metrics()
+        out.family("tidings_connections", "gauge", "Open client connections.", "protocol",
+                   list(r.connections.items()))  # fmt: skip
         out.family(
             "tidings_connections_opened",
             "counter",
             "Client connections accepted (an SSE or WebSocket one counts once as that).",
             "protocol",
-            total,
+            list(r.opened.items()),
         )
-        channels = hub.channels()
-        out.gauge("tidings_channels", "Channels with subscribers.", len(channels))
+        out.gauge("tidings_channels", "Channels with subscribers.", len(r.channels))
         out.gauge(
-            "tidings_subscriptions",
-            "Channel subscriptions (all protocols).",
-            sum(channels.values()),
+            "tidings_subscriptions", "Channel subscriptions (all protocols).", r.subscriptions
         )
-        out.gauge("tidings_patterns", "Distinct glob patterns subscribed.", hub.pattern_count())
-        out.counter("tidings_events_published", "Events published by the hub.", hub.published)
+        out.gauge("tidings_patterns", "Distinct glob patterns subscribed.", r.patterns)
+        out.counter("tidings_events_published", "Events published by the hub.", r.published)
+        out.counter(
+            "tidings_events_delivered",
+            "Events handed to subscribers, all protocols (one per event per subscriber).",
+            r.delivered,
+        )
         out.family(
             "tidings_deliveries",
             "counter",
             "Events queued to subscribers (one per event per subscriber).",
             "protocol",
-            [("sse", stats.deliveries)],
+            [("sse", r.sse_deliveries)],
         )
-        sent: list[tuple[str, float]] = [("http", mine.bytes_written if mine else 0)]
-        cut: list[tuple[str, float]] = [("http", mine.slow_consumers_cut if mine else 0)]
-        if resp is not None:
-            rstats = resp.flusher.stats
-            sent.append(("resp", rstats.bytes_written))
-            cut.append(("resp", rstats.slow_consumers_cut))
-        out.family("tidings_bytes_out", "counter", "Bytes written to clients.", "protocol", sent)
+        out.family("tidings_bytes_out", "counter", "Bytes written to clients.", "protocol",
+                   list(r.bytes_out.items()))  # fmt: skip
         out.family(
             "tidings_slow_consumers_cut",
             "counter",
             "Connections cut off because their pending output passed the limit.",
             "protocol",
-            cut,
+            list(r.slow_consumers_cut.items()),
         )
         admission = self.admission
         out.gauge(
@@ -959,9 +1094,9 @@ class HttpService:
             "reason",
             sorted(admission.refused.items()),
         )
-        timeouts: list[tuple[str, float]] = [("request_timeout", stats.request_timeouts)]
-        if resp is not None:
-            timeouts.append(("idle_timeout", resp.idle_closed))
+        timeouts: list[tuple[str, float]] = [("request_timeout", self.stats.request_timeouts)]
+        if self.resp is not None:
+            timeouts.append(("idle_timeout", self.resp.idle_closed))
         out.family(
             "tidings_connections_timed_out",
             "counter",
@@ -974,18 +1109,16 @@ class HttpService:
             "counter",
             "HTTP responses by status code.",
             "code",
-            [(str(code), n) for code, n in sorted(stats.responses.items())],
+            [(str(code), n) for code, n in r.responses.items()],
         )
-        source = self._source
+        source = r.source
         if self.has_source:
-            connected = source is not None and source.connected
             out.gauge("tidings_binlog_connected", "1 while the binlog source is connected.",
-                      int(connected))  # fmt: skip
-            lag = self.binlog_lag()
+                      int(r.connected))  # fmt: skip
             out.gauge(
                 "tidings_binlog_lag_seconds",
                 "How far the stream is behind the source (NaN while disconnected).",
-                math.nan if lag is None else lag,
+                math.nan if r.lag is None else r.lag,
             )
             if source is not None:
                 out.counter("tidings_binlog_events", "Binlog events read.", source.events_total)
@@ -1002,13 +1135,65 @@ class HttpService:
             out.gauge("tidings_tls_certificate_expiry_timestamp_seconds",
                       "When the TLS certificate being served expires (its notAfter).",
                       self.tls_expiry())  # fmt: skip
-        monitor = self._monitor
         out.gauge(
             "tidings_event_loop_lag_seconds",
             "Largest event-loop delay seen over the last 5 to 10 seconds.",
-            monitor.max_lag if monitor else 0.0,
+            r.loop_lag,
         )
         return out.text()
+
+    def stats_report(self, busiest: int = 10) -> dict[str, Any]:
+        """GET /stats: the same readings as JSON, with the binlog position and the busiest
+        channels, for the dashboard (docs/reference/dashboard.md)."""
+        r = self.readings()
+        binlog: dict[str, Any] | None = None
+        source = r.source
+        if self.has_source:
+            position = source.position if source is not None else None
+            binlog = {
+                "connected": r.connected,
+                "file": position.file if position else None,
+                "pos": position.pos if position else None,
+                "gtid": position.gtid if position else None,
+                "lag_seconds": None if r.lag is None else round(r.lag, 3),
+                "events": source.events_total if source else 0,
+                "bytes": source.bytes_total if source else 0,
+                "transactions": source.transactions_total if source else 0,
+                "reconnects": source.reconnects if source else 0,
+                "last_error": source.last_error if source else None,
+            }
+        return {
+            "uptime_seconds": round(time.monotonic() - self.started, 3),
+            "connections": r.connections,
+            "connections_opened": r.opened,
+            "channels": len(r.channels),
+            "subscriptions": r.subscriptions,
+            "patterns": r.patterns,
+            "events": r.published,
+            "deliveries": r.delivered,
+            "last_id": self.hub.next_id - 1,
+            "bytes_out": r.bytes_out,
+            "slow_consumers_cut": r.slow_consumers_cut,
+            "http_responses": {str(code): n for code, n in r.responses.items()},
+            "event_loop_lag_seconds": round(r.loop_lag, 6),
+            "binlog": binlog,
+            "busiest": self._busiest(r.channels, busiest),
+        }
+
+    def _busiest(self, subscribed: dict[str, int], limit: int) -> list[dict[str, Any]]:
+        """Channels ranked by events seen (kept by history), then by subscribers."""
+        logs = self.hub.history.channels
+        names = set(logs).union(subscribed)
+
+        def rank(name: str) -> tuple[int, int]:
+            log = logs.get(name)
+            return (log.appended if log else 0, subscribed.get(name, 0))
+
+        return [
+            {"channel": name, "events": events, "subscribers": subs}
+            for name in heapq.nlargest(limit, names, key=rank)
+            for events, subs in (rank(name),)
+        ]
 
     # -- ending ------------------------------------------------------------------------------
     def close_clients(self, reason: str = "") -> None:

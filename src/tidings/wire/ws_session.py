@@ -1,16 +1,17 @@
 """The WebSocket session: one `asyncio.Protocol` per browser or service, speaking JSON.
 
 Theory of operation. The HTTP listener (tidings.wire.http_server) parses
-`GET /ws` and calls `accept(request, transport, hub, service)`. A valid
-handshake gets a `WsConnection` (the listener switches the transport to it and
-feeds it any bytes read past the request); a bad one gets a complete HTTP
-error response to write. The connection queues the 101 response on its
-`Outbox` first, then runs the client's bytes through a `FrameParser`
-(tidings.wire.websocket) and each complete text message through the JSON
-protocol below. It is the hub's `Subscriber`: `deliver` fetches the event's
-WebSocket frame from `event.frame(TEXT_FRAME, encode_event)` -- one text frame
-whose payload is exactly the event JSON, built once per event and shared by
-every WebSocket subscriber -- and queues that bytes object.
+`GET /ws` and calls `accept(request, transport, hub, service)`. A valid handshake
+gets a `WsConnection` (the listener switches the transport to it and feeds it
+any bytes read past the request); a bad one, or one whose `Origin` the `origins`
+allow-list refuses (browsers let any page open a socket anywhere, so the server
+must check), gets a complete HTTP error response to write. The connection queues
+the 101 response on its `Outbox` first, then runs the client's bytes through a
+`FrameParser` (tidings.wire.websocket) and each complete text message through
+the JSON protocol below. It is the hub's `Subscriber`: `deliver` fetches the
+event's WebSocket frame from `event.frame(TEXT_FRAME, encode_event)` -- one text
+frame whose payload is exactly the event JSON, built once per event and shared
+by every WebSocket subscriber -- and queues that bytes object.
 
 The protocol (client -> server, one JSON object per text message):
 
@@ -64,6 +65,7 @@ from tidings.hub.filters import FilterError
 from tidings.hub.resume import check_since
 from tidings.wire import websocket as ws
 from tidings.wire.access import AuthError, Authority, bearer_token, refusal, uncovered
+from tidings.wire.origins import ANY, Origins
 from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
 from tidings.wire.replay_queue import ReplayQueue
 
@@ -123,6 +125,8 @@ class WsSettings:
     close_timeout: float = 5.0
     #: signs client tokens; None: no authentication (tidings.wire.access)
     auth_secret: bytes | None = field(default=None, repr=False)
+    #: pages whose handshakes are accepted (a handshake without Origin always is)
+    origins: Origins = ANY
 
     @classmethod
     def from_settings(cls, settings: object, auth_secret: bytes | None = None) -> WsSettings:
@@ -131,11 +135,13 @@ class WsSettings:
         if auth_secret is None:
             secret = getattr(settings, "auth_secret", None)
             auth_secret = secret if isinstance(secret, bytes) else None
+        origins = getattr(settings, "origins", ANY)
         return cls(
             max_message=int(getattr(settings, "ws_max_message", ws.MAX_MESSAGE)),
             output_limit=int(getattr(settings, "output_limit", 1 << 20)),
             ping_interval=float(getattr(settings, "ws_ping_interval", 20.0)),
             auth_secret=auth_secret or None,
+            origins=Origins.parse(origins) if isinstance(origins, str) else origins,
         )
 
 
@@ -173,12 +179,24 @@ class WsService:
     def slow_consumers_cut(self) -> int:
         return self._flusher.stats.slow_consumers_cut if self._flusher else 0
 
+    @property
+    def bytes_written(self) -> int:
+        return self._flusher.stats.bytes_written if self._flusher else 0
+
     def accept(
         self, request: UpgradeRequest, transport: asyncio.BaseTransport
     ) -> WsConnection | bytes:
         """The session for a valid handshake, else a complete HTTP error response."""
         try:
             accept_value = ws.check_handshake(request.method, request.headers)
+            origin = request.headers.get("origin")
+            if origin is not None and not self.settings.origins.allows(origin):
+                # browsers let any page open a WebSocket anywhere: the server must say no
+                raise ws.HandshakeError(
+                    403,
+                    f"origin {origin!r} may not open a WebSocket here: "
+                    "add it to the daemon's --origins setting",
+                )
         except ws.HandshakeError as exc:
             self.stats.handshakes_refused += 1
             return ws.reject_response(exc)
@@ -272,7 +290,7 @@ class WsConnection(asyncio.Protocol):
         self.settings = s = service.settings
         self.id = conn_id
         self._response = response
-        #: the Origin header as sent (browsers send it; an allow-list is for later)
+        #: the Origin header as sent (browsers send it; checked against `origins` before)
         self.origin = headers.get("origin")
         #: called once the connection is gone (the HTTP listener releases its admission)
         self.on_lost: Callable[[], None] | None = None
