@@ -128,6 +128,11 @@ class Settings:
         "after it connected or got its last answer (408 if the request had begun; 0: never)",
         metavar="S",
     )
+    max_subscriptions: int = _opt(
+        10_000,
+        "channels and patterns one connection (RESP, WebSocket, or SSE stream) may hold at once",
+        metavar="N",
+    )
     max_bulk: int = _opt(
         64 * 1024, "largest bulk string a client may send (bytes; k/M suffix ok)", kind="size"
     )
@@ -239,6 +244,8 @@ class Settings:
             raise ConfigError(f"server_id must be between 1 and 4294967295, not {self.server_id}")
         if self.max_bulk < 1 or self.output_limit < 1024:
             raise ConfigError("max_bulk must be >= 1 and output_limit >= 1024 bytes")
+        if self.max_subscriptions < 1:
+            raise ConfigError("max_subscriptions must be >= 1")
         if min(self.max_clients, self.max_clients_per_ip) < 0:
             raise ConfigError("max_clients and max_clients_per_ip must be >= 0 (0: no limit)")
         if min(self.idle_timeout, self.request_timeout) < 0:

@@ -141,6 +141,7 @@ class Daemon:
                     max_bulk=s.max_bulk,
                     output_limit=s.output_limit,
                     auth_secret=self.auth_secret,
+                    max_subscriptions=s.max_subscriptions,
                 ),
                 admission=self.admission,
             )
@@ -156,6 +157,7 @@ class Daemon:
                     auth_secret=self.auth_secret,
                     admin_open_on_loopback=s.admin_open_on_loopback,
                     origins=Origins.parse(s.origins),
+                    max_subscriptions=s.max_subscriptions,
                 ),
                 has_source=bool(s.mysql),
                 resp=self.resp,

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from websockets.asyncio.client import connect
 
 from tests.system.daemons import receive, start_daemon, stop_daemon, subscriber
 from tests.system.test_sse import Stream, http_get
@@ -154,5 +156,37 @@ async def test_request_timeout_ends_slow_requests_but_not_streams(
         stream.writer.close()
         found = await metrics(daemon)
         assert found[("tidings_connections_timed_out_total", "request_timeout")] == 2
+    finally:
+        await stop_daemon(daemon)
+
+
+async def test_max_subscriptions_on_every_protocol(
+    mariadb: PrivateMariaDB, replica_server_id: int
+) -> None:
+    daemon = await start_daemon(mariadb, replica_server_id, http="127.0.0.1:0", max_subscriptions=2)
+    assert daemon.http_address is not None
+    host, port = daemon.http_address
+    try:
+        reader, writer = await raw(daemon, "127.0.0.1")
+        writer.write(b"SUBSCRIBE a b\r\nSUBSCRIBE a c\r\nPSUBSCRIBE x*\r\nPING\r\n")
+        replies = [await asyncio.wait_for(reader.readline(), 5) for _ in range(15)]
+        refusal = (
+            b"-ERR too many subscriptions on this connection (max_subscriptions=2): "
+            b"unsubscribe some, or open another connection\r\n"
+        )
+        # a b confirmed; "a c" and "x*" refused whole; PING in subscribed mode answers
+        assert replies[12:] == [refusal, refusal, b"*2\r\n"], replies
+        assert daemon.hub.subscriber_count("c") == 0 and daemon.hub.pattern_count() == 0
+        writer.close()
+
+        async with connect(f"ws://{host}:{port}/ws") as ws:
+            for channel in ("a", "b", "c"):
+                await ws.send(orjson.dumps({"op": "subscribe", "channel": channel}).decode())
+            answers = [orjson.loads(await ws.recv()) for _ in range(3)]
+        assert [a["op"] for a in answers] == ["subscribed", "subscribed", "error"]
+        assert "max_subscriptions=2" in answers[2]["message"]
+
+        status, body = await http_get(daemon, "/sse?channel=a&channel=b&pattern=c*")
+        assert status == 400 and b"max_subscriptions=2" in body
     finally:
         await stop_daemon(daemon)

@@ -140,6 +140,8 @@ class HttpSettings:
     max_publish: int = 64 * 1024
     #: pages allowed to read answers cross-origin (CORS) and to open WebSockets
     origins: Origins = ANY
+    #: channels and patterns one stream may name
+    max_subscriptions: int = 10_000
     max_line: int = http.MAX_LINE
     max_headers: int = http.MAX_HEADERS
     #: signs client tokens; None: no authentication (tidings.wire.access)
@@ -610,8 +612,12 @@ class HttpConnection(asyncio.Protocol):
         query = request.query
         channels = list(dict.fromkeys(query.get("channel", ())))
         patterns = list(dict.fromkeys(query.get("pattern", ())))
+        limit = self.settings.max_subscriptions
         if not channels and not patterns:
             self._error(request, 400, "name at least one channel=... or pattern=...")
+            return
+        if len(channels) + len(patterns) > limit:
+            self._error(request, 400, f"too many channels and patterns (max_subscriptions={limit})")
             return
         auth = self.service.auth
         grant = None

@@ -118,6 +118,8 @@ class RespSettings:
     max_inline: int = 64 * 1024
     #: largest request in total (all its bulk strings)
     max_query: int = 4 << 20
+    #: channels and patterns one connection may hold at once
+    max_subscriptions: int = 10_000
     #: signs client tokens; None: no authentication (tidings.wire.access)
     auth_secret: bytes | None = field(default=None, repr=False)
 
@@ -478,6 +480,20 @@ class RespConnection(asyncio.Protocol):
                 return False
         return True
 
+    def _room_for(self, names: list[bytes], *, pattern: bool = False) -> bool:
+        """Reply an error (and return False) if subscribing to `names` would pass
+        max_subscriptions; nothing is subscribed then."""
+        held = self.patterns if pattern else self.channels
+        new = {raw for raw in names if raw.decode("utf-8", "surrogateescape") not in held}
+        limit = self.settings.max_subscriptions
+        if len(self.channels) + len(self.patterns) + len(new) <= limit:
+            return True
+        self.reply_error(
+            b"ERR too many subscriptions on this connection (max_subscriptions=%d): "
+            b"unsubscribe some, or open another connection" % limit
+        )
+        return False
+
     # -- commands ----------------------------------------------------------------------------
     def execute(self, args: list[bytes]) -> None:
         name = args[0].lower()
@@ -576,7 +592,8 @@ class RespConnection(asyncio.Protocol):
         return True
 
     def cmd_subscribe(self, args: list[bytes]) -> None:
-        if not self._check_filters(args[1:]) or not self._allowed(args[1:]):
+        names = args[1:]
+        if not (self._check_filters(names) and self._allowed(names) and self._room_for(names)):
             return
         for raw in args[1:]:
             channel = raw.decode("utf-8", "surrogateescape")
@@ -599,7 +616,7 @@ class RespConnection(asyncio.Protocol):
             self._confirm(b"unsubscribe", raw)
 
     def cmd_psubscribe(self, args: list[bytes]) -> None:
-        if not self._allowed(args[1:], pattern=True):
+        if not (self._allowed(args[1:], pattern=True) and self._room_for(args[1:], pattern=True)):
             return
         for raw in args[1:]:
             pattern = raw.decode("utf-8", "surrogateescape")
@@ -644,7 +661,9 @@ class RespConnection(asyncio.Protocol):
             return
         if not pattern and not self._check_filters(args[2:]):
             return
-        if not self._allowed(args[2:], pattern=pattern):
+        if not (
+            self._allowed(args[2:], pattern=pattern) and self._room_for(args[2:], pattern=pattern)
+        ):
             return
         subscribed = self.patterns if pattern else self.channels
         kind = b"psubscribe" if pattern else b"subscribe"
@@ -666,7 +685,7 @@ class RespConnection(asyncio.Protocol):
     def cmd_tidings_snapshot(self, args: list[bytes]) -> None:
         """TIDINGS.SNAPSHOT channel: replies once the snapshot is open (later commands wait)."""
         raw = args[1]
-        if not self._allowed([raw]):
+        if not (self._allowed([raw]) and self._room_for([raw])):
             return
         snapshots = self.service.snapshots
         if snapshots is None:

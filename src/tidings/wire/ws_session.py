@@ -127,6 +127,8 @@ class WsSettings:
     auth_secret: bytes | None = field(default=None, repr=False)
     #: pages whose handshakes are accepted (a handshake without Origin always is)
     origins: Origins = ANY
+    #: channels one connection may hold at once
+    max_subscriptions: int = 10_000
 
     @classmethod
     def from_settings(cls, settings: object, auth_secret: bytes | None = None) -> WsSettings:
@@ -140,6 +142,7 @@ class WsSettings:
             max_message=int(getattr(settings, "ws_max_message", ws.MAX_MESSAGE)),
             output_limit=int(getattr(settings, "output_limit", 1 << 20)),
             ping_interval=float(getattr(settings, "ws_ping_interval", 20.0)),
+            max_subscriptions=int(getattr(settings, "max_subscriptions", 10_000)),
             auth_secret=auth_secret or None,
             origins=Origins.parse(origins) if isinstance(origins, str) else origins,
         )
@@ -608,6 +611,9 @@ class WsConnection(asyncio.Protocol):
             self._reply({"op": "error", "message": str(exc), "channel": channel})
             return
         refused = self._refusal(channel)
+        limit = self.settings.max_subscriptions
+        if refused is None and channel not in self.channels and len(self.channels) >= limit:
+            refused = f"too many subscriptions on this connection (max_subscriptions={limit})"
         if refused is not None:
             self._reply({"op": "error", "message": refused, "channel": channel})
             return
