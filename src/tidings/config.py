@@ -128,6 +128,12 @@ class Settings:
         "after it connected or got its last answer (408 if the request had begun; 0: never)",
         metavar="S",
     )
+    auth_max_failures: int = _opt(
+        10,
+        "refused tokens from one address after which its attempts are refused unchecked for "
+        "a while (1 s, doubling, at most 60 s; 0: never)",
+        metavar="N",
+    )
     max_subscriptions: int = _opt(
         10_000,
         "channels and patterns one connection (RESP, WebSocket, or SSE stream) may hold at once",
@@ -244,6 +250,8 @@ class Settings:
             raise ConfigError(f"server_id must be between 1 and 4294967295, not {self.server_id}")
         if self.max_bulk < 1 or self.output_limit < 1024:
             raise ConfigError("max_bulk must be >= 1 and output_limit >= 1024 bytes")
+        if self.auth_max_failures < 0:
+            raise ConfigError("auth_max_failures must be >= 0 (0: no throttling)")
         if self.max_subscriptions < 1:
             raise ConfigError("max_subscriptions must be >= 1")
         if min(self.max_clients, self.max_clients_per_ip) < 0:

@@ -47,6 +47,7 @@ from tidings.state import (
 from tidings.state.reread import Rereader
 from tidings.systemd import Notifier
 from tidings.tls import ServerTls
+from tidings.wire.access import Authority, Throttle
 from tidings.wire.http_server import HttpService, HttpSettings
 from tidings.wire.limits import Admission, Limits
 from tidings.wire.origins import Origins
@@ -171,6 +172,14 @@ class Daemon:
                 self.http.tls_expiry = lambda: tls.info.not_after
         if self.auth_secret is not None:
             log.info("auth secret set: every subscription needs a token (tidings token)")
+            # one Authority for every listener: a guesser's failures count across protocols
+            authority = Authority(self.auth_secret, throttle=Throttle(s.auth_max_failures))
+            if self.resp is not None:
+                self.resp.auth = authority
+            if self.http is not None:
+                self.http.auth = authority
+                if self.http.websocket is not None:
+                    self.http.websocket.auth = authority
         if not s.mysql:
             self._new_epoch_in_memory()
             if s.state_dir:

@@ -574,3 +574,47 @@ async def test_tidings_token_mints_what_the_daemon_accepts(
         await redis_subscriber(daemon, mint(FOREIGN, [channel], 60), channel)
     for pubsub in (narrow, full):
         await pubsub.aclose()
+
+
+async def test_an_address_that_keeps_failing_waits_on_every_protocol(
+    mariadb: PrivateMariaDB, replica_server_id: int, schema: str
+) -> None:
+    daemon = await started(mariadb, replica_server_id, http="127.0.0.1:0", auth_max_failures=3)
+    assert daemon.resp_address is not None and daemon.http_address is not None
+    tokens = Tokens(f"{schema}.t")
+    try:
+        reader, writer = await asyncio.open_connection(
+            *daemon.resp_address, local_addr=("127.0.0.7", 0)
+        )
+        for _ in range(3):
+            writer.write(f"AUTH {tokens.foreign}\r\n".encode())
+            assert (await reader.readline()).startswith(b"-WRONGPASS invalid token: ")
+        # now even a good token from there is refused, unchecked, on RESP and on SSE
+        writer.write(f"AUTH {tokens.good}\r\n".encode())
+        line = await reader.readline()
+        assert line.startswith(b"-WRONGPASS invalid token: too many refused tokens from "
+                               b"127.0.0.7: try again in "), line  # fmt: skip
+        sse_reader, sse = await asyncio.open_connection(
+            *daemon.http_address, local_addr=("127.0.0.7", 0)
+        )
+        sse.write(f"GET /sse?channel={schema}.t&token={tokens.good} HTTP/1.1\r\n"
+                  "Host: t\r\n\r\n".encode())  # fmt: skip
+        head = await asyncio.wait_for(sse_reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert head.startswith(b"HTTP/1.1 401 ")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        body = await asyncio.wait_for(sse_reader.readexactly(length), TIMEOUT)
+        assert b"too many refused tokens from 127.0.0.7" in body
+        # another address is not affected
+        other_reader, other = await asyncio.open_connection(
+            *daemon.resp_address, local_addr=("127.0.0.8", 0)
+        )
+        other.write(f"AUTH {tokens.good}\r\n".encode())
+        assert await other_reader.readline() == b"+OK\r\n"
+        for w in (writer, sse, other):
+            w.close()
+        assert daemon.http is not None
+        metrics = daemon.http.metrics()
+        assert "tidings_auth_failures_total 3\n" in metrics
+        assert "tidings_auth_throttled_total 2\n" in metrics
+    finally:
+        await stop_daemon(daemon)

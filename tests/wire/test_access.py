@@ -8,7 +8,7 @@ import pytest
 
 from tidings.auth import AuthError, mint
 from tidings.config import Settings
-from tidings.wire.access import Authority, bearer_token, refusal, uncovered
+from tidings.wire.access import Authority, Throttle, bearer_token, refusal, uncovered
 from tidings.wire.http_server import ROUTES, HttpSettings, is_loopback
 from tidings.wire.ws_session import WsSettings
 
@@ -84,3 +84,41 @@ def test_the_websocket_side_gets_the_secret_from_the_http_listener_or_the_daemon
     assert WsSettings.from_settings(settings).auth_secret is None
     assert WsSettings.from_settings(settings, auth_secret=SECRET).auth_secret == SECRET
     assert SECRET.decode() not in repr(HttpSettings(auth_secret=SECRET))
+
+
+def test_throttle_refuses_an_address_after_its_failures_doubling_then_forgives() -> None:
+    now = [0.0]
+    throttle = Throttle(3, clock=lambda: now[0])
+    authority = Authority(SECRET, clock=lambda: 1000.0, throttle=throttle)
+    good = mint(SECRET, ["a"], 60, now=1000)
+    bad = mint(SECRET[::-1], ["a"], 60, now=1000)  # another secret's
+    for _ in range(3):
+        with pytest.raises(AuthError, match="signature"):
+            authority.verify(bad, "10.0.0.1")
+    # the third failure started a 1 s wait: even a good token is refused unchecked
+    with pytest.raises(AuthError, match=r"too many refused tokens from 10\.0\.0\.1: try again"):
+        authority.verify(good, "10.0.0.1")
+    assert authority.verify(good, "10.0.0.2").allows_channel("a")  # others are not affected
+    now[0] = 1.5
+    with pytest.raises(AuthError, match="signature"):
+        authority.verify(bad, "10.0.0.1")  # the 4th failure: 2 s now
+    now[0] = 3.0
+    with pytest.raises(AuthError, match="try again in 1 s"):
+        authority.verify(good, "10.0.0.1")
+    now[0] = 3.6
+    assert authority.verify(good, "10.0.0.1").allows_channel("a")  # and the record is cleared
+    with pytest.raises(AuthError, match="signature"):
+        authority.verify(bad, "10.0.0.1")
+    assert authority.verify(good, "10.0.0.1")  # one failure after a clean slate: no wait
+    assert (authority.failures, throttle.refused) == (5, 2)
+
+
+def test_throttle_forgets_the_quietest_address_when_full() -> None:
+    now = [0.0]
+    throttle = Throttle(1, clock=lambda: now[0], max_hosts=2)
+    for host in ("a", "b", "c"):
+        now[0] += 1
+        throttle.failed(host)
+    throttle.check("a")  # forgotten: no wait
+    with pytest.raises(AuthError):
+        throttle.check("c")

@@ -501,7 +501,7 @@ class HttpConnection(asyncio.Protocol):
                     None,
                 )
                 return None
-            return auth.verify(token)
+            return auth.verify(token, peer_host(self.transport))
         except AuthError as exc:
             log.info("http id=%d addr=%s: token refused: %s", self.id, self.peer, exc)
             self._deny(request, 401, f"invalid token: {exc}", "invalid_token")
@@ -1137,6 +1137,14 @@ class HttpService:
                 out.counter(
                     "tidings_binlog_reconnects", "Reconnections to the source.", source.reconnects
                 )
+        if self.auth is not None:
+            out.counter("tidings_auth_failures", "Tokens refused (bad, expired, foreign).",
+                        self.auth.failures)  # fmt: skip
+            out.counter(
+                "tidings_auth_throttled",
+                "Token attempts refused unchecked: their address failed too often.",
+                self.auth.throttle.refused,
+            )
         if self.tls_expiry is not None:
             out.gauge("tidings_tls_certificate_expiry_timestamp_seconds",
                       "When the TLS certificate being served expires (its notAfter).",

@@ -427,7 +427,7 @@ class RespConnection(asyncio.Protocol):
         auth = self.service.auth
         assert auth is not None
         try:
-            grant = auth.verify(token)
+            grant = auth.verify(token, peer_host(self.transport))
         except AuthError as exc:
             log.info("client id=%d addr=%s: token refused: %s", self.id, self.peer, exc)
             self.reply_error(b"WRONGPASS invalid token: " + str(exc).encode("utf-8", "replace"))

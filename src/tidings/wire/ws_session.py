@@ -65,6 +65,7 @@ from tidings.hub.filters import FilterError
 from tidings.hub.resume import check_since
 from tidings.wire import websocket as ws
 from tidings.wire.access import AuthError, Authority, bearer_token, refusal, uncovered
+from tidings.wire.limits import peer_host
 from tidings.wire.origins import ANY, Origins
 from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
 from tidings.wire.replay_queue import ReplayQueue
@@ -213,7 +214,7 @@ class WsService:
             try:
                 token = bearer_token(request.headers, request.query)
                 if token is not None:
-                    conn.grant = self.auth.verify(token)
+                    conn.grant = self.auth.verify(token, peer_host(transport))
             except AuthError as exc:
                 conn.refused = f"invalid token: {exc}"
         return conn
@@ -498,7 +499,7 @@ class WsConnection(asyncio.Protocol):
             self._refuse('invalid token: "token" must be a string')
             return
         try:
-            grant = auth.verify(token)
+            grant = auth.verify(token, peer_host(self.transport))
         except AuthError as exc:
             self._refuse(f"invalid token: {exc}")
             return
