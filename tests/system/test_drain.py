@@ -51,20 +51,26 @@ async def test_stop_delivers_everything_then_tells_each_client_why(
         with pytest.raises(OSError):
             await asyncio.open_connection(*address)
 
-    assert [e["data"]["n"] for e in await receive(pubsub, 2000)] == list(range(1, 2001))
-    with pytest.raises(redis.exceptions.ResponseError, match="tidings is shutting down"):
-        await pubsub.get_message(timeout=5)
-    await pubsub.aclose()
+    async def on_resp() -> None:
+        assert [e["data"]["n"] for e in await receive(pubsub, 2000)] == list(range(1, 2001))
+        with pytest.raises(redis.exceptions.ResponseError, match="tidings is shutting down"):
+            await pubsub.get_message(timeout=5)
+        await pubsub.aclose()
 
-    assert [e["data"]["n"] for _, _, e in await sse.events(2000)] == list(range(1, 2001))
-    last = await asyncio.wait_for(sse.reader.read(), 5)
-    assert last == f": {SHUTDOWN_REASON}\n\n".encode()
-    sse.writer.close()
+    async def on_sse() -> None:
+        assert [e["data"]["n"] for _, _, e in await sse.events(2000)] == list(range(1, 2001))
+        last = await asyncio.wait_for(sse.reader.read(), 5)
+        assert last == f": {SHUTDOWN_REASON}\n\n".encode()
+        sse.writer.close()
 
-    got = [orjson.loads(await ws.recv())["data"]["n"] for _ in range(2000)]
-    assert got == list(range(1, 2001))
-    with pytest.raises(ConnectionClosed) as closed:
-        await ws.recv()
-    assert closed.value.rcvd is not None
-    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1001, SHUTDOWN_REASON)
+    async def on_ws() -> None:
+        got = [orjson.loads(await ws.recv())["data"]["n"] for _ in range(2000)]
+        assert got == list(range(1, 2001))
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1001, SHUTDOWN_REASON)
+
+    # the three read at once, as real clients do: the daemon gives them 5 s to drain
+    await asyncio.gather(on_resp(), on_sse(), on_ws())
     await stopping
