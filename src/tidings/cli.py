@@ -96,6 +96,31 @@ def _parser() -> argparse.ArgumentParser:
         "--token", metavar="TOKEN", help="AUTH with this token first (a daemon with a secret)"
     )
 
+    status = sub.add_parser(
+        "status",
+        help="show what a running daemon is doing (health, binlog, connections, channels)",
+        description="Ask a running daemon's HTTP listener (GET /healthz and GET /stats) and "
+        "print its health, binlog position and lag, connections by protocol, subscriptions, "
+        "event counts and busiest channels. Exit status: 0 healthy, 1 unhealthy, 2 not "
+        "reachable or refused.",
+    )
+    status.add_argument(
+        "--http",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="the daemon's HTTP listener (default 127.0.0.1:8080)",
+    )
+    status.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="an admin token, for a daemon with an auth secret not listening on loopback",
+    )
+    status.add_argument("--tls", action="store_true", help="HTTPS (a daemon with --tls-cert)")
+    status.add_argument(
+        "--cacert", metavar="FILE", help="with HTTPS, trust this CA (implies --tls)"
+    )
+    status.add_argument("--json", action="store_true", help="print /stats and health as JSON")
+
     token = sub.add_parser(
         "token",
         help="mint a signed token that lets a client subscribe (JWT HS256)",
@@ -189,6 +214,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _status(args: argparse.Namespace) -> int:
+    import orjson
+
+    from tidings.status import StatusError, fetch, render
+    from tidings.tail import client_context
+
+    host, port = parse_hostport(args.http)
+    tls = client_context(args.cacert) if args.tls or args.cacert else None
+    try:
+        health, stats = fetch(host, port, token=args.token, tls=tls)
+    except StatusError as exc:
+        print(f"tidings: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(orjson.dumps({"healthy": health.status == 200, "health": health.body,
+                            "stats": stats}).decode())  # fmt: skip
+    else:
+        scheme = "https" if tls else "http"
+        render(f"{scheme}://{host}:{port}", health, stats, sys.stdout)
+    return 0 if health.status == 200 else 1
+
+
 def _token(args: argparse.Namespace) -> int:
     from tidings.auth import mint
 
@@ -257,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
         if args.command == "token":
             return _token(args)
+        if args.command == "status":
+            return _status(args)
         if args.command == "doctor":
             from tidings.source.doctor import run_doctor
             from tidings.source.url import MySQLURL
