@@ -273,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             install_uvloop()
             try:
-                asyncio.run(serve(settings))
+                asyncio.run(serve(settings, lambda: from_arguments(args)))
             except ReplicaError as exc:
                 print(f"tidings: replication stopped: {exc}", file=sys.stderr)
                 return 1

@@ -22,9 +22,11 @@ import logging
 import resource
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
-from tidings.config import Settings, auth_secret, parse_hostport
+from tidings import reload
+from tidings.config import ConfigError, Settings, auth_secret, parse_hostport
 from tidings.hub import Hub
 from tidings.publish import publish_transaction
 from tidings.source.changes import Position
@@ -69,7 +71,13 @@ def raise_fd_limit() -> int:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, hub: Hub | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        hub: Hub | None = None,
+        *,
+        settings_source: Callable[[], Settings] | None = None,
+    ) -> None:
         self.settings = settings
         if hub is None:
             hub = Hub(
@@ -81,6 +89,12 @@ class Daemon:
         self.hub = hub
         #: signs client tokens (read from auth_secret_file now: a bad one stops the start)
         self.auth_secret = auth_secret(settings)
+        #: the listeners' shared token checker (with a secret)
+        self.authority: Authority | None = None
+        #: builds the settings anew for reload() (SIGHUP); None: only TLS is re-read
+        self._settings_source = settings_source
+        #: client connections the descriptor limit leaves room for (set by listen())
+        self.room = 0
         self.replica: Replica | None = None
         self.resp: RespService | None = None
         self.resp_address: tuple[str, int] | None = None
@@ -173,7 +187,9 @@ class Daemon:
         if self.auth_secret is not None:
             log.info("auth secret set: every subscription needs a token (tidings token)")
             # one Authority for every listener: a guesser's failures count across protocols
-            authority = Authority(self.auth_secret, throttle=Throttle(s.auth_max_failures))
+            self.authority = authority = Authority(
+                self.auth_secret, throttle=Throttle(s.auth_max_failures)
+            )
             if self.resp is not None:
                 self.resp.auth = authority
             if self.http is not None:
@@ -265,7 +281,7 @@ class Daemon:
                     if self.http.admin_open
                     else "need an admin token",
                 )
-        room = capacity - 50  # the daemon's own descriptors: MySQL, state files, listeners
+        self.room = room = capacity - 50  # the daemon's own: MySQL, state files, listeners
         if not s.max_clients:
             self.admission.max_clients = room
         elif s.max_clients > room:
@@ -482,14 +498,31 @@ class Daemon:
         self._stopping.set()
 
     def reload(self) -> None:
-        """Re-read what can change without a restart (SIGHUP): the TLS certificate and key.
+        """Re-read what can change without a restart (SIGHUP): the settings that can
+        (tidings.reload) and the TLS certificate and key.
 
         Clients stay connected; a problem is logged and the running setup kept.
         """
-        if self.tls is None:
-            log.info("reload: nothing to reload (no --tls-cert)")
-            return
-        self.tls.reload()
+        if self._settings_source is not None:
+            try:
+                new = self._settings_source()
+                self.settings = reload.apply(
+                    self.settings,
+                    new,
+                    admission=self.admission,
+                    authority=self.authority,
+                    services=(self.resp, self.http, self.http.websocket if self.http else None),
+                    room=self.room,
+                )
+            except (ConfigError, ValueError) as exc:
+                log.error("reload: %s; the running settings stay", exc)
+        if self.tls is not None:
+            if self.settings.tls_cert:  # the paths may have changed too (not TLS on or off)
+                self.tls.cert_file, self.tls.key_file = (
+                    self.settings.tls_cert,
+                    self.settings.tls_key,
+                )
+            self.tls.reload()
 
     async def close(self) -> None:
         """Stop reading the binlog, write the last checkpoint, close every client.
@@ -566,8 +599,10 @@ def install_uvloop() -> bool:
     return True
 
 
-async def serve(settings: Settings) -> None:
-    daemon = Daemon(settings)
+async def serve(settings: Settings, settings_source: Callable[[], Settings] | None = None) -> None:
+    """Run a daemon until SIGTERM/SIGINT; SIGHUP reloads (`settings_source` builds the
+    settings anew: the same command line and environment, the config file re-read)."""
+    daemon = Daemon(settings, settings_source=settings_source)
     systemd = Notifier()
     loop = asyncio.get_running_loop()
 

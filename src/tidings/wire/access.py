@@ -92,7 +92,7 @@ class Throttle:
 class Authority:
     """The secret, the clock and the failure throttle shared by the listeners."""
 
-    __slots__ = ("_secret", "clock", "failures", "throttle")
+    __slots__ = ("clock", "failures", "secret", "throttle")
 
     def __init__(
         self,
@@ -100,7 +100,8 @@ class Authority:
         clock: Callable[[], float] = time.time,
         throttle: Throttle | None = None,
     ) -> None:
-        self._secret = secret
+        #: replaced on a reload that rotates the secret (tidings.reload)
+        self.secret = secret
         self.clock = clock
         self.throttle = throttle or Throttle(10)
         #: tokens refused (bad, expired, foreign), for metrics
@@ -115,7 +116,7 @@ class Authority:
         throttle = self.throttle
         throttle.check(host)
         try:
-            grant = verify(self._secret, token, self.clock())
+            grant = verify(self.secret, token, self.clock())
         except AuthError:
             self.failures += 1
             throttle.failed(host)
