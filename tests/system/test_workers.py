@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -302,8 +303,8 @@ async def test_sigterm_stops_everything_then_a_restart_resumes_the_ids_on_every_
     checkpoint = CheckpointStore(tmp_path / "state").load()
     assert checkpoint is not None and checkpoint.next_id == events[-1]["id"] + 1
     assert "Traceback" not in served.log(), served.log()
-    # a client still connected was closed by its worker, not cut off by a kill
-    with pytest.raises(aioredis.ConnectionError):
+    # a client still connected was told by its worker, not cut off by a kill
+    with pytest.raises(aioredis.ResponseError, match="tidings is shutting down"):
         await sub.get_message(timeout=5)
     await closing(sub)
 
@@ -336,7 +337,9 @@ async def test_sigterm_stops_everything_then_a_restart_resumes_the_ids_on_every_
             await closing(back)
         # each worker re-read with server_ids of its own (server_id + 1 + (k-1) * 2 + slot)
         for worker, server_id in ((1, replica_server_id + 1), (2, replica_server_id + 3)):
-            again.wait_log(rf"worker {worker} .*re-reading the binlog .* server_id={server_id}")
+            again.wait_log(
+                rf"worker{worker}\.tidings.*re-reading the binlog .* server_id={server_id}"
+            )
     finally:
         assert await asyncio.to_thread(again.stop) == 0
 
@@ -445,3 +448,64 @@ async def test_without_a_database_publish_on_both_workers_gets_unique_increasing
     for stream in streams:
         stream.writer.close()
     assert await asyncio.to_thread(served.stop) == 0
+
+
+def test_under_systemd_ready_waits_for_every_worker_and_sighup_reaches_them(
+    tmp_path: Path,
+) -> None:
+    from tests.system.test_systemd import receive as notifications
+
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    config = tmp_path / "tidings.toml"
+    config.write_text("allow_publish = false\n")
+    port = free_port()
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
+    proc = subprocess.Popen(
+        [*TIDINGS, "serve", "--workers", "2", "--config", str(config),
+         "--resp", f"127.0.0.1:{port}", "--http", ""],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+
+    def publish_replies() -> dict[int, bytes]:
+        """PUBLISH on new connections until both workers have answered."""
+        replies: dict[int, bytes] = {}
+        for _ in range(400):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+                client.sendall(b"INFO\r\nPUBLISH news hello\r\n")
+                data = b""
+                while data.count(b"\r\n") < 9:  # INFO's bulk string, then the reply
+                    data += client.recv(4096)
+            worker = info_field(data, "tidings_worker")
+            replies[worker] = data.rsplit(b"\r\n", 2)[-2]
+            if len(replies) == 2:
+                return replies
+        raise AssertionError(f"reached only workers {sorted(replies)}")
+
+    try:
+        ready = notifications(notify, "READY")[-1]
+        assert ready["MAINPID"] == str(proc.pid)
+        assert ready["STATUS"] == f"serving with 2 workers: RESP 127.0.0.1:{port}"
+        replies = publish_replies()  # READY: both workers answer
+        assert all(r.startswith(b"-ERR PUBLISH is disabled") for r in replies.values()), replies
+        config.write_text("allow_publish = true\n")
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while True:
+            replies = publish_replies()
+            if all(reply == b":0" for reply in replies.values()):
+                break
+            assert time.monotonic() < deadline, replies
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert notifications(notify, "STOPPING")[-1]["STOPPING"] == "1"
+        assert proc.wait(timeout=40) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
+    assert proc.stderr is not None
+    log = proc.stderr.read()
+    for worker in (1, 2):
+        assert f"worker{worker}.tidings.daemon: reload: applied allow_publish" in log, log

@@ -17,7 +17,8 @@ unframed, one per entry (`frame[4:]`).
     INDEX    'X' same fields: a mark of the state directory's index
     PUBLISH  'P' ref:Q channel-length:I channel payload: a client's PUBLISH
              for the one process that gives ids (no database source)
-    SEED, STATUS, CONFIG: a JSON object after the kind byte (rare messages)
+    SEED, STATUS, CONFIG, RELOAD: a JSON object after the kind byte (rare messages)
+    LISTENING 'L' and nothing else: a worker's listeners are open
 
 Text is UTF-8 with surrogateescape, so a channel name that came from a client
 as arbitrary bytes crosses unchanged.
@@ -38,10 +39,12 @@ __all__ = [
     "CONFIG",
     "EVENT",
     "INDEX",
+    "LISTENING",
     "LIVE",
     "MARK",
     "PUBLISH",
     "REF",
+    "RELOAD",
     "SEED",
     "STATUS",
     "DecodedEvent",
@@ -52,6 +55,7 @@ __all__ = [
     "decode_json",
     "decode_mark",
     "decode_publish",
+    "frame_bare",
     "frame_event",
     "frame_json",
     "frame_mark",
@@ -65,6 +69,8 @@ PUBLISH: Final = ord("P")
 SEED: Final = ord("S")
 STATUS: Final = ord("T")
 CONFIG: Final = ord("C")
+RELOAD: Final = ord("R")
+LISTENING: Final = ord("L")
 
 #: EVENT flags
 LIVE: Final = 1
@@ -121,6 +127,11 @@ def frame_publish(ref: int, channel: str, payload: bytes) -> bytes:
     name = _text(channel)
     size = _PUBLISH.size - 4 + len(name) + len(payload)
     return b"".join((_PUBLISH.pack(size, PUBLISH, ref, len(name)), name, payload))
+
+
+def frame_bare(kind: int) -> bytes:
+    """A message that is only its kind (LISTENING)."""
+    return _LENGTH.pack(1) + bytes((kind,))
 
 
 def frame_json(kind: int, value: Any) -> bytes:

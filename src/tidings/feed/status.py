@@ -53,8 +53,9 @@ def source_status(replica: Replica | None, *, open: bool) -> dict[str, Any]:
     while no transaction has been read (see SnapshotService.origin)."""
     status: dict[str, Any] = {"open": open, "source": None, "origin": None}
     if replica is not None:
-        status["source"] = {name: getattr(replica, name) for name in _FIELDS}
+        source = status["source"] = {name: getattr(replica, name) for name in _FIELDS}
         position = replica.position
+        source["position"] = None if position is None else position_to_dict(position)
         if replica.connected and not replica.transactions_total and position is not None:
             status["origin"] = position_to_dict(position)
     return status
@@ -63,7 +64,7 @@ def source_status(replica: Replica | None, *, open: bool) -> dict[str, Any]:
 class RemoteSource:
     """The producer's replica, from its last STATUS message."""
 
-    __slots__ = (*_FIELDS[1:], "_seen", "feed_alive", "open", "origin", "received")
+    __slots__ = (*_FIELDS[1:], "_seen", "feed_alive", "open", "origin", "position", "received")
 
     def __init__(self) -> None:
         self._seen = False
@@ -77,6 +78,8 @@ class RemoteSource:
         self.last_error: str | None = None
         self.open = False
         self.origin: Position | None = None
+        #: where the producer's stream is (after the last transaction it read)
+        self.position: Position | None = None
         #: time.monotonic() of the last STATUS message
         self.received = -STALE_AFTER
         #: the feed link is up (the consumer clears it when the link goes)
@@ -90,6 +93,8 @@ class RemoteSource:
         source = status.get("source")
         if isinstance(source, dict):
             self._seen = bool(source.get("connected"))
+            position = source.get("position")
+            self.position = position_from_dict(position) if isinstance(position, dict) else None
             for name in _FIELDS[1:]:
                 if name in source:
                     setattr(self, name, source[name])

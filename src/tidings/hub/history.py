@@ -109,11 +109,13 @@ class HistoryState:
 class ChannelLog:
     """One channel's retained events (a list with a head index) and what it has lost."""
 
-    __slots__ = ("count", "events", "evicted_upto", "head", "size")
+    __slots__ = ("appended", "count", "events", "evicted_upto", "head", "size")
 
     def __init__(self, evicted_upto: int) -> None:
         self.events: list[Event] = []
         self.head = 0
+        #: events ever appended while this log existed (for status pages: busiest channels)
+        self.appended = 0
         #: retained events (len(events) - head) and their accounted bytes
         self.count = 0
         self.size = 0
@@ -197,6 +199,7 @@ class History:
         elif not log.count:
             del self._empty[channel]
         log.events.append(event)
+        log.appended += 1
         log.count += 1
         log.size += size
         self._log.append(event)

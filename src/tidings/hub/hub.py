@@ -50,6 +50,7 @@ class Hub:
         "_filtered",
         "_matching",
         "_patterns",
+        "delivered",
         "epoch",
         "history",
         "marks",
@@ -77,7 +78,9 @@ class Hub:
         self.next_id = first_id
         #: first id of the current epoch (see docs/topics/delivery.md); set with next_id
         self.epoch = first_id
+        #: live events dispatched, and deliveries made (one per event per subscriber)
         self.published = 0
+        self.delivered = 0
         #: recent events, for resume (bounded; see tidings.hub.history)
         self.history = History(
             HistoryLimits(
@@ -250,6 +253,7 @@ class Hub:
                 receivers += len(psubs)
                 for sub in tuple(psubs):
                     sub.deliver(event, pattern)
+        self.delivered += receivers
         return receivers
 
     def _dispatch_filtered(self, event: Event, filtered: dict[str, FilteredChannel]) -> int:

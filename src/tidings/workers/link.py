@@ -24,6 +24,7 @@ from typing import cast
 from tidings.event import Event
 from tidings.feed.codec import (
     INDEX,
+    LISTENING,
     PUBLISH,
     STATUS,
     DecodedPublish,
@@ -46,9 +47,13 @@ class WorkerLink(asyncio.Protocol):
 
     transport: asyncio.Transport
 
-    def __init__(self, feed: WorkerFeed, index: int) -> None:
+    def __init__(
+        self, feed: WorkerFeed, index: int, on_listening: Callable[[int], None] | None = None
+    ) -> None:
         self.feed = feed
         self.index = index
+        #: called with `index` when the worker says its listeners are open
+        self.on_listening = on_listening
         self.frames = FrameReader()
         #: bytes the buffer may hold beyond `feed.limit`: the least it held since the seed
         self.allowance = 0
@@ -63,9 +68,12 @@ class WorkerLink(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             for message in self.frames.feed(data):
-                if message[0] != PUBLISH:
+                if message[0] == PUBLISH:
+                    self.feed.on_publish(decode_publish(message))
+                elif message[0] == LISTENING and self.on_listening is not None:
+                    self.on_listening(self.index)
+                else:
                     raise FeedError(f"unexpected message {chr(message[0])!r} from a worker")
-                self.feed.on_publish(decode_publish(message))
         except FeedError as exc:
             log.error("worker %d sent what is not a feed message (%s): cutting it off",
                       self.index, exc)  # fmt: skip

@@ -12,6 +12,8 @@ terminal's Ctrl-C reaches the supervisor, which stops the workers in order):
 - SIGTERM/SIGINT: the workers get SIGTERM and drain their clients (killed
   after `STOP_TIMEOUT`), then the reader finishes its transaction and writes
   the final checkpoint; exit 0;
+- SIGHUP: the settings are read anew and sent to every worker, which applies
+  what can change live as the single process does (tidings.reload);
 - a fatal reader error (replication refused, state directory problems) stops
   the workers and exits 1 with the reason, as the single process does.
 
@@ -26,13 +28,18 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 
-from tidings.config import Settings, parse_hostport
-from tidings.feed.codec import CONFIG, frame_json
+from tidings.config import ConfigError, Settings, auth_secret, parse_hostport
+from tidings.feed.codec import CONFIG, RELOAD, frame_json
+from tidings.logs import setup_logging
+from tidings.reload import LIVE
+from tidings.systemd import Notifier
 from tidings.workers.link import WorkerLink
 from tidings.workers.reader import Reader
 from tidings.workers.worker import EXIT_CANNOT_LISTEN
@@ -45,6 +52,14 @@ log = logging.getLogger("tidings.workers")
 STOP_TIMEOUT = 20.0
 #: restart delay: first, cap; reset once a worker has run this long
 BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_RESET = 0.1, 10.0, 10.0
+
+
+#: the workers' environment: ours, less systemd's notify variables (only we talk to it)
+WORKER_ENV = {
+    name: value
+    for name, value in os.environ.items()
+    if name not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+}
 
 
 class WorkerError(Exception):
@@ -63,24 +78,70 @@ def describe_exit(code: int) -> str:
 class Supervisor:
     """See the module docstring."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, settings_source: Callable[[], Settings] | None = None
+    ) -> None:
         self.settings = settings
+        #: builds the settings anew on SIGHUP (the same command line, the config file re-read)
+        self.settings_source = settings_source
+        #: what workers are started with (listener ports of 0 resolved); reloads update it
+        self.worker_settings = settings
         self.reader = Reader(settings)
         self._stopping = asyncio.Event()
-        #: running worker processes by number (1..N)
+        #: running worker processes by number (1..N), and their links
         self.processes: dict[int, asyncio.subprocess.Process] = {}
+        self.links: dict[int, WorkerLink] = {}
         #: restarts so far, by worker number
         self.restarts: dict[int, int] = {}
+        #: workers whose listeners opened (at start-up); then `ready` is called once
+        self._opened: set[int] = set()
+        self.ready: Callable[[], None] | None = None
         self._held: list[socket.socket] = []
 
     def stop(self) -> None:
         self._stopping.set()
 
+    def reload(self) -> None:
+        """SIGHUP: read the settings anew and send them to every worker, which applies what
+        can change live as the single process does (tidings.reload) and logs the rest as
+        needing a restart. Workers started later get the settings in force, so they match
+        the others. The reader has no listeners: it takes the logging settings."""
+        old = self.worker_settings
+        try:
+            new = self.settings_source() if self.settings_source is not None else self.settings
+            # the listener addresses need a restart: keep the ports resolved at start-up
+            if new.resp == self.settings.resp:
+                new = dataclasses.replace(new, resp=old.resp)
+            if new.http == self.settings.http:
+                new = dataclasses.replace(new, http=old.http)
+            live = {name: getattr(new, name) for name in LIVE}
+            if bool(new.tls_cert) != bool(old.tls_cert):
+                del live["tls_cert"], live["tls_key"]
+            if (auth_secret(new) is None) != (auth_secret(old) is None):
+                del live["auth_secret"], live["auth_secret_file"]
+        except (ConfigError, ValueError) as exc:
+            log.error("reload: %s; the running settings stay", exc)
+            return
+        if (new.log_level, new.log_format) != (old.log_level, old.log_format):
+            setup_logging(new.log_level, new.log_format)
+        self.worker_settings = dataclasses.replace(old, **live)
+        message = frame_json(RELOAD, dataclasses.asdict(new))
+        for link in self.links.values():
+            if not link.transport.is_closing():
+                link.transport.write(message)
+        log.info("reload: the settings read anew went to %d workers", len(self.links))
+
+    def _listening(self, index: int) -> None:
+        if self.ready is not None and index not in self._opened:
+            self._opened.add(index)
+            if len(self._opened) == self.settings.workers:
+                self.ready()
+
     async def run(self) -> None:
-        settings = self._resolve_ports(self.settings)
+        self.worker_settings = self._resolve_ports(self.settings)
         reader_task = asyncio.ensure_future(self.reader.run())
         keepers = [
-            asyncio.ensure_future(self._keep(k, settings)) for k in range(1, settings.workers + 1)
+            asyncio.ensure_future(self._keep(k)) for k in range(1, self.settings.workers + 1)
         ]
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
@@ -130,12 +191,12 @@ class Supervisor:
             settings = dataclasses.replace(settings, http=changes["http"])
         return settings
 
-    async def _keep(self, index: int, settings: Settings) -> None:
+    async def _keep(self, index: int) -> None:
         """Keep worker `index` running until the supervisor stops."""
         delay = BACKOFF_FIRST
         while not self._stopping.is_set():
             started = time.monotonic()
-            code = await self._run_worker(index, settings)
+            code = await self._run_worker(index, self.worker_settings)
             if self._stopping.is_set():
                 return
             if code == EXIT_CANNOT_LISTEN:
@@ -160,6 +221,7 @@ class Supervisor:
                 str(theirs.fileno()),
                 pass_fds=(theirs.fileno(),),
                 start_new_session=True,
+                env=WORKER_ENV,
             )
         except BaseException:
             ours.close()
@@ -170,14 +232,17 @@ class Supervisor:
         log.info("worker %d started (pid %d)", index, proc.pid)
         loop = asyncio.get_running_loop()
         feed = self.reader.feed
-        _, link = await loop.create_unix_connection(lambda: WorkerLink(feed, index), sock=ours)
+        _, link = await loop.create_unix_connection(
+            lambda: WorkerLink(feed, index, self._listening), sock=ours
+        )
         config = {"index": index, "settings": dataclasses.asdict(settings)}
         link.transport.write(frame_json(CONFIG, config))
         feed.attach(link)
+        self.links[index] = link
         try:
             return await proc.wait()
         finally:
-            del self.processes[index]
+            del self.processes[index], self.links[index]
             link.transport.close()
 
     async def _stop_workers(self) -> None:
@@ -200,10 +265,32 @@ class Supervisor:
             await asyncio.wait(late)
 
 
-async def supervise(settings: Settings) -> None:
-    supervisor = Supervisor(settings)
+async def supervise(
+    settings: Settings, settings_source: Callable[[], Settings] | None = None
+) -> None:
+    """Run the reader and the workers until SIGTERM/SIGINT; SIGHUP reloads (see
+    `Supervisor.reload`). Under systemd (`Type=notify`) READY comes once every worker
+    has opened its listeners."""
+    supervisor = Supervisor(settings, settings_source)
+    systemd = Notifier()
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        systemd.stopping()
+        supervisor.stop()
+
+    def ready() -> None:
+        s = supervisor.worker_settings
+        listeners = [f"{name} {value}" for name, value in (("RESP", s.resp), ("HTTP", s.http))
+                     if value]  # fmt: skip
+        systemd.ready(f"serving with {s.workers} workers: " + ", ".join(listeners))
+
+    supervisor.ready = ready
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, supervisor.stop)
+        loop.add_signal_handler(sig, stop)
+    loop.add_signal_handler(signal.SIGHUP, supervisor.reload)
     log.info("serving with %d worker processes", settings.workers)
-    await supervisor.run()
+    try:
+        await supervisor.run()
+    finally:
+        systemd.close()

@@ -31,13 +31,24 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from tidings.config import Settings
 from tidings.daemon import Daemon, install_uvloop
 from tidings.feed import FeedConsumer, FeedError, FrameReader, RemoteSource
-from tidings.feed.codec import CONFIG, INDEX, STATUS, decode_json, decode_mark, frame_publish
+from tidings.feed.codec import (
+    CONFIG,
+    INDEX,
+    LISTENING,
+    RELOAD,
+    STATUS,
+    decode_json,
+    decode_mark,
+    frame_bare,
+    frame_publish,
+)
 from tidings.hub import Hub
+from tidings.logs import setup_logging
 from tidings.source.changes import Position
 from tidings.source.notify import Outbox, PublishError
 from tidings.source.schema import SchemaLookup
@@ -117,6 +128,11 @@ class FeedClient(asyncio.Protocol):
         if not self.transport.is_closing():
             self.transport.write(b"".join(out))
 
+    def listening(self) -> None:
+        """Tell the supervisor this worker's listeners are open."""
+        if not self.transport.is_closing():
+            self.transport.write(frame_bare(LISTENING))
+
 
 class Worker(Daemon):
     """The worker process's daemon: listeners and hub, no binlog of its own."""
@@ -128,7 +144,9 @@ class Worker(Daemon):
             history_channel_events=settings.history_channel_events,
             history_channel_bytes=settings.history_channel_bytes,
         )
-        super().__init__(settings, hub)
+        # SIGHUP reaches the supervisor, which sends the settings it read anew (RELOAD)
+        super().__init__(settings, hub, settings_source=lambda: self._reloaded)
+        self._reloaded = settings
         self.index = index
         self.reuse_port = True
         #: the reader's replica, as its status messages describe it
@@ -156,6 +174,9 @@ class Worker(Daemon):
             self.source.update(status)
             if self.source.open:
                 self._open.set()
+        elif kind == RELOAD:
+            self._reloaded = settings_from(decode_json(message))
+            self.reload()
         elif kind == INDEX:
             next_id, position = decode_mark(message)
             marks = self.marks.marks if self.marks is not None else self._index_marks
@@ -220,6 +241,8 @@ class Worker(Daemon):
                 if await self._until(self._open):
                     await self.listen()
                     log.info("worker %d (pid %d) serving", self.index, os.getpid())
+                    if self.client is not None:
+                        self.client.listening()
                     await self._until(asyncio.Event())  # until stopped or cut off
         finally:
             await self.close()
@@ -276,6 +299,25 @@ def _read_config(sock: socket.socket, frames: FrameReader) -> tuple[dict[str, ob
     return config, messages
 
 
+def settings_from(value: object) -> Settings:
+    """The Settings a CONFIG or RELOAD message carries."""
+    if not isinstance(value, dict):
+        raise FeedError("settings are not a JSON object")
+    return Settings(**value)
+
+
+def tag_logs(index: int) -> None:
+    """Every log record of this process names its worker (text and JSON formats alike)."""
+    make = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        record.name = f"worker{index}.{record.name}"
+        return record
+
+    logging.setLogRecordFactory(factory)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     sock = socket.socket(fileno=int(args[0]))
@@ -283,15 +325,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config, backlog = _read_config(sock, frames)
         index = int(cast(int, config["index"]))
-        settings = Settings(**cast(dict[str, object], config["settings"]))  # type: ignore[arg-type]
+        settings = settings_from(config["settings"])
     except (FeedError, KeyError, TypeError, ValueError, OSError) as exc:
         print(f"tidings worker: {exc}", file=sys.stderr)
         return EXIT_FEED_LOST
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level.upper(), logging.INFO),
-        format=f"%(asctime)s %(levelname)-7s worker {index} %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    tag_logs(index)
+    setup_logging(settings.log_level, settings.log_format)
     sock.setblocking(False)
     install_uvloop()
     return asyncio.run(_serve(settings, index, sock, frames, backlog))
