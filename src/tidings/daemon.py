@@ -607,12 +607,13 @@ class Daemon:
         if self.http is not None:
             await self.http.close(reason=SHUTDOWN_REASON)
         if self.resp is not None:
-            await self.resp.close(reason=SHUTDOWN_REASON)
+            await self.resp.close()  # no reason on RESP: see RespService.close_clients
             if self.resp.snapshots is not None:
                 await self.resp.snapshots.close()
 
 
-#: what clients are told when the daemon stops (RESP error, SSE comment, WebSocket close 1001)
+#: what clients are told when the daemon stops (SSE comment, WebSocket close 1001; RESP
+#: clients get a closed connection, as from redis, which they reconnect after)
 SHUTDOWN_REASON = "tidings is shutting down: reconnect and resume from your last event id"
 
 

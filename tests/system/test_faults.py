@@ -72,7 +72,7 @@ async def test_subscribers_vanishing_mid_write_disturb_nobody_else(
     mariadb: PrivateMariaDB, replica_server_id: int
 ) -> None:
     db = make_table(mariadb)
-    daemon = await start_daemon(mariadb, replica_server_id, output_limit=64 * 1024)
+    daemon = await start_daemon(mariadb, replica_server_id)
     assert daemon.resp_address is not None and daemon.resp is not None
     try:
         stayers = [await subscriber(daemon, f"{db}.t") for _ in range(5)]

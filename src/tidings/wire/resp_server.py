@@ -1277,23 +1277,24 @@ class RespService:
         self.clock.start()
         return server
 
-    def close_clients(self, reason: str = "") -> None:
-        """Close every client connection, sending what is already queued first, then
-        `reason` as an error reply (redis-py raises it as a ResponseError)."""
-        last_words = resp.error(b"ERR " + reason.encode()) if reason else b""
+    def close_clients(self) -> None:
+        """Close every client connection, sending what is already queued first.
+
+        No farewell, as redis does on shutdown: Redis clients take a closed
+        connection for "reconnect" (redis-py's PubSub resubscribes by itself), but an
+        error reply for a failed command, which would end their reconnect loop."""
         for conn in list(self.connections):
-            conn.close(last_words)
+            conn.close()
 
     def stop_listening(self) -> None:
         for server in self.servers:
             server.close()
         self.clock.stop()
 
-    async def close(self, timeout: float = 5.0, reason: str = "") -> None:
-        """Stop listening, close the clients (telling them `reason`) and wait (up to
-        `timeout`) for them to go."""
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop listening, close the clients and wait (up to `timeout`) for them to go."""
         self.stop_listening()
-        self.close_clients(reason)
+        self.close_clients()
         if self.connections:
             self._drained = asyncio.get_running_loop().create_future()
             with contextlib.suppress(asyncio.TimeoutError):
