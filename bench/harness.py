@@ -74,6 +74,23 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def run_delay(pid: int) -> float:
+    """Seconds the threads of `pid` were runnable but waited for a CPU (schedstat field 2):
+    on a shared machine, what separates "had no work" from "had no core"."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                total += int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
 def children(pid: int) -> list[int]:
     """Direct children of `pid` (from /proc; for servers that fork a process per client)."""
     found = []
@@ -318,6 +335,10 @@ class Tidings(Server):
 
     def rss(self) -> int:
         return sum(rss_bytes(pid) for pid in [self.pid, *children(self.pid)])
+
+    def waited(self) -> float:
+        """Seconds its processes were runnable but had no CPU (see `run_delay`)."""
+        return sum(run_delay(pid) for pid in [self.pid, *children(self.pid)])
 
 
 class Redis(Server):

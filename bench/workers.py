@@ -9,9 +9,11 @@ Subscribers connect to the one port and the kernel spreads them over the workers
 writes to its own subscribers.
 
 Daemon CPU is summed over all its processes (the reader and the workers, from
-/proc/<pid>/task/*/schedstat). On a 2-core machine the load generator shares the
-cores, so read the CPU per delivery beside the rate: it is what extrapolates to a
-machine with more cores.
+/proc/<pid>/task/*/schedstat), and so is the time they were runnable but waited for
+a CPU (schedstat's run delay): on a shared 2-core machine the load generator and
+anything else running take cores from the daemon, and that column says how much.
+Read the CPU per delivery beside the rate: it is what extrapolates to a machine
+with more cores.
 
     .venv/bin/python bench/workers.py [--subscribers 10000] [--workers 1,2] [--repeat 5]
 """
@@ -66,6 +68,8 @@ def main() -> None:
     hellos = [resp_subscribe(channels[0]) for _ in range(args.subscribers)]
     runs: dict[int, list[Run]] = {n: [] for n in counts}
     spread: dict[int, list[str]] = {n: [] for n in counts}
+    #: seconds the daemon's processes were runnable but had no CPU, per run
+    waits: dict[int, list[float]] = {n: [] for n in counts}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.repeat):
             for workers in counts:
@@ -76,6 +80,7 @@ def main() -> None:
                         spread[workers].append(shares)
                         log(f"--workers {workers}: {fleet.size} subscribers in "
                             f"{time.monotonic() - t0:.1f}s, per worker {shares}")  # fmt: skip
+                        waited = server.waited()
                         r = run_one(
                             server,
                             fleet,
@@ -87,12 +92,14 @@ def main() -> None:
                             f"workers{workers}",
                             local_replies=workers > 1,
                         )
+                        waits[workers].append(server.waited() - waited)
                     runs[workers].append(r)
                     log(
                         f"round {round_ + 1} --workers {workers}: {r.rate:,.0f} deliveries/s "
                         f"({r.deliveries:,}/{r.expected:,} in {r.elapsed:.2f}s); daemon CPU "
                         f"{r.server_cpu:.2f}s = {1e6 * r.server_cpu / max(1, r.deliveries):.3f} "
-                        f"us/delivery; subs {r.sub_cpu:.2f}s {r.errors or ''}"
+                        f"us/delivery, waited {waits[workers][-1]:.2f}s for a CPU; "
+                        f"subs {r.sub_cpu:.2f}s {r.errors or ''}"
                     )
     base = statistics.median(r.rate for r in runs[counts[0]])
     base_cpu = statistics.median(r.server_cpu / max(1, r.deliveries) for r in runs[counts[0]])
@@ -110,6 +117,7 @@ def main() -> None:
                 1e6 * cpu,
                 f"{cpu / base_cpu - 1:+.1%}",
                 statistics.median(r.server_cpu for r in rs),
+                statistics.median(waits[workers]),
                 statistics.median(r.sub_cpu for r in rs),
                 statistics.median(r.elapsed for r in rs),
                 "yes" if all(r.deliveries == r.expected for r in rs) else "no",
@@ -130,6 +138,7 @@ def main() -> None:
                 "daemon CPU us/delivery",
                 "CPU/delivery vs 1",
                 "daemon CPU s",
+                "daemon waiting for a CPU s",
                 "subscribers CPU s",
                 "seconds",
                 "all delivered",
