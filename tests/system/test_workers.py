@@ -111,10 +111,12 @@ def info_field(info: bytes, name: str) -> int:
     return int(match[1])
 
 
-async def on_worker(served: Served, worker: int, tries: int = 400) -> Any:
+async def on_worker(
+    served: Served, worker: int, tries: int = 400, password: str | None = None
+) -> Any:
     """A redis-py PubSub whose connection is on `worker` (reconnecting until it is)."""
     for _ in range(tries):
-        client = aioredis.Redis(port=served.port)
+        client = aioredis.Redis(port=served.port, password=password)
         pubsub = client.pubsub()
         await pubsub.connect()
         conn = pubsub.connection
@@ -127,10 +129,12 @@ async def on_worker(served: Served, worker: int, tries: int = 400) -> Any:
     raise AssertionError(f"{tries} connections and none reached worker {worker}")
 
 
-async def client_on_worker(served: Served, worker: int, tries: int = 400) -> aioredis.Redis:
+async def client_on_worker(
+    served: Served, worker: int, tries: int = 400, password: str | None = None
+) -> aioredis.Redis:
     """A redis-py client with one connection, on `worker`."""
     for _ in range(tries):
-        client = aioredis.Redis(port=served.port, single_connection_client=True)
+        client = aioredis.Redis(port=served.port, single_connection_client=True, password=password)
         info = await client.info("server")
         if info["tidings_worker"] == worker:
             return client
@@ -509,3 +513,33 @@ def test_under_systemd_ready_waits_for_every_worker_and_sighup_reaches_them(
     log = proc.stderr.read()
     for worker in (1, 2):
         assert f"worker{worker}.tidings.daemon: reload: applied allow_publish" in log, log
+
+
+async def test_tokens_are_checked_on_every_worker(tmp_path: Path) -> None:
+    from tidings.auth import mint
+
+    secret = b"a-secret-for-the-workers-test-0123456789"
+    (tmp_path / "secret").write_bytes(secret)
+    served = await asyncio.to_thread(
+        Served, tmp_path, "--auth-secret-file", str(tmp_path / "secret"), "--allow-publish"
+    )
+    try:
+        token = mint(secret, ["news"], 600, publish=["news"])
+        for k in (1, 2):
+            pubsub = await on_worker(served, k)
+            with pytest.raises(aioredis.AuthenticationError):
+                await pubsub.subscribe("news")
+                await pubsub.get_message(timeout=5)
+            await pubsub.aclose()
+        subs = [await on_worker(served, k, password=token) for k in (1, 2)]
+        for pubsub in subs:
+            await pubsub.subscribe("news")
+            assert (await pubsub.get_message(timeout=5))["type"] == "subscribe"
+        publisher = await client_on_worker(served, 1, password=token)
+        assert await publisher.publish("news", "signed") == 1  # its worker's subscriber
+        for pubsub in subs:
+            message = await pubsub.get_message(timeout=10)
+            assert message is not None and message["data"] == b"signed"
+        await closing(*subs, publisher)
+    finally:
+        assert await asyncio.to_thread(served.stop) == 0

@@ -49,8 +49,11 @@ class Reader(Daemon):
             history_channel_events=settings.history_channel_events,
             history_channel_bytes=settings.history_channel_bytes,
         )
-        # no listeners here, and the workers serve old resumes themselves
-        super().__init__(replace(settings, resp="", http="", reread_concurrency=0), hub)
+        # no listeners here (so no TLS, no tokens), and the workers serve old resumes
+        reader_settings = replace(
+            settings, resp="", http="", reread_concurrency=0, auth_secret="", auth_secret_file=""
+        )
+        super().__init__(reader_settings, hub)
         #: clients may be let in (what the single process would open its listeners at)
         self.open = False
         self._reporter: asyncio.Task[None] | None = None
