@@ -104,6 +104,8 @@ class HistoryState:
     channels: dict[str, int]
     #: the channels whose log is empty, oldest first (the order they are forgotten in)
     empty: list[str]
+    #: every channel log -> events it ever appended (status pages)
+    appended: dict[str, int]
 
 
 class ChannelLog:
@@ -282,6 +284,7 @@ class History:
             forgotten_upto=self.forgotten_upto,
             channels={name: log.evicted_upto for name, log in self.channels.items()},
             empty=list(self._empty),
+            appended={name: log.appended for name, log in self.channels.items()},
         )
         return state, list(self.after(0))
 
@@ -303,6 +306,8 @@ class History:
             self._log.append(event)
             self.count += 1
             self.size += size
+        for name, appended in state.appended.items():
+            self.channels[name].appended = appended
         self._empty = dict.fromkeys(state.empty)
         self.start = state.start
         self.last_id = state.last_id
