@@ -543,3 +543,22 @@ async def test_tokens_are_checked_on_every_worker(tmp_path: Path) -> None:
         await closing(*subs, publisher)
     finally:
         assert await asyncio.to_thread(served.stop) == 0
+
+
+def test_a_port_taken_by_another_program_stops_everything_with_exit_1() -> None:
+    with socket.socket() as taken:  # listening without SO_REUSEPORT: nobody can join it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [*TIDINGS, "serve", "--workers", "2", "--resp", f"127.0.0.1:{port}", "--http", ""],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert "cannot listen" in proc.stderr and "address already in use" in proc.stderr.lower()
+    assert proc.stderr.strip().splitlines()[-1].startswith("tidings: worker ")
+    pids = [int(pid) for pid in re.findall(r"worker \d started \(pid (\d+)\)", proc.stderr)]
+    assert pids and not any(alive(pid) for pid in pids)

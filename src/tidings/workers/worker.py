@@ -56,7 +56,7 @@ from tidings.source.url import MySQLURL
 from tidings.state import Mark, MarkIndex
 from tidings.state.reread import Rereader
 
-__all__ = ["EXIT_CANNOT_LISTEN", "EXIT_FEED_LOST", "FeedClient", "Worker", "main"]
+__all__ = ["EXIT_CANNOT_LISTEN", "EXIT_FEED_LOST", "CannotListen", "FeedClient", "Worker", "main"]
 
 log = logging.getLogger("tidings.workers")
 
@@ -64,6 +64,10 @@ log = logging.getLogger("tidings.workers")
 EXIT_CANNOT_LISTEN = 2
 #: the feed ended or made no sense: the supervisor starts another worker
 EXIT_FEED_LOST = 3
+
+
+class CannotListen(Exception):
+    """The listeners could not open (the port is taken, the address is not ours)."""
 
 
 class FeedClient(asyncio.Protocol):
@@ -239,7 +243,10 @@ class Worker(Daemon):
             if await self._until(self._seeded):
                 await self.start()
                 if await self._until(self._open):
-                    await self.listen()
+                    try:
+                        await self.listen()
+                    except OSError as exc:
+                        raise CannotListen(str(exc)) from exc
                     log.info("worker %d (pid %d) serving", self.index, os.getpid())
                     if self.client is not None:
                         self.client.listening()
@@ -275,7 +282,7 @@ async def _serve(
     worker.client = client
     try:
         await worker.run()
-    except OSError as exc:
+    except CannotListen as exc:
         log.error("worker %d cannot listen: %s", index, exc)
         return EXIT_CANNOT_LISTEN
     if worker.lost:
