@@ -87,6 +87,12 @@ def test_sighup_reloads_settings_without_dropping_clients(
         # a subscriber that stays connected across the reloads
         keeper = socket.create_connection(("127.0.0.1", port), timeout=10)
         keeper.sendall(b"AUTH " + token_a + b"\r\nSUBSCRIBE %b.t\r\n" % db.encode())
+        confirmed = b""
+        while not confirmed.endswith(b":1\r\n"):  # subscribed before the secret rotates
+            chunk = keeper.recv(65536)
+            assert chunk, confirmed
+            confirmed += chunk
+        assert confirmed.startswith(b"+OK\r\n"), confirmed
 
         secret_file.write_bytes(SECRET_B)  # rotated in place
         write_config(5, free_port())  # and a listener moved: that needs a restart
