@@ -24,7 +24,9 @@ from tidings.logs import setup_logging
 DESCRIPTION = """\
 tidings pushes every committed MySQL/MariaDB row change to subscribers the
 moment it commits. It reads the binary log as a replica and serves the Redis
-pub/sub protocol, so redis-cli and any Redis client library can SUBSCRIBE.
+pub/sub protocol (redis-cli and any Redis client library can SUBSCRIBE), and,
+on its HTTP listener, Server-Sent Events, WebSocket, an HTTP API and a live
+dashboard at / (http://127.0.0.1:8080/ by default).
 
 Channels are DATABASE.TABLE (e.g. shop.orders); glob patterns such as shop.*
 work with PSUBSCRIBE. Each message is one JSON object:
@@ -42,6 +44,35 @@ examples:
   tidings tail shop.orders 'shop.*'
   tidings token --channels 'shop.orders?customer_id=eq.42' --ttl 1h
   tidings demo
+
+documentation: README.md and docs/ in the source tree (docs/reference/settings.md
+lists every setting; docs/reference/resp.md, http.md, websocket.md the protocols).
+"""
+
+SERVE_EPILOG = """signals:
+  SIGTERM, SIGINT  stop: listeners close, clients get what was published (SSE and
+                   WebSocket clients a reason too) within 5 s, the checkpoint is
+                   written, exit 0
+  SIGHUP           reload: the config file is read again and what can change live
+                   is applied (limits, logging, the auth secret, origins, TLS
+                   certificate and key); other changes are logged as needing a
+                   restart. Clients stay connected.
+
+exit status:
+  0  stopped by a signal
+  1  a problem retrying cannot fix (replication refused, binlog purged past the
+     checkpoint, state directory in use, a port taken): the reason is on stderr
+  2  bad settings (the line says which)
+
+environment:
+  every setting as TIDINGS_<NAME> (e.g. TIDINGS_OUTPUT_LIMIT=4M); under systemd,
+  NOTIFY_SOCKET and WATCHDOG_USEC are honoured (Type=notify, see
+  docs/howto/systemd.md).
+
+examples:
+  tidings serve --mysql mysql://repl:secret@db:3306/ --state-dir /var/lib/tidings
+  tidings serve --config /etc/tidings/tidings.toml --workers 4
+  TIDINGS_AUTH_SECRET_FILE=/etc/tidings/secret tidings serve --mysql ...
 """
 
 
@@ -60,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
         help="run the daemon",
         description="Read the binlog of --mysql and serve subscribers. Settings come from flags, "
         "then TIDINGS_* environment variables, then the --config TOML file, then defaults.",
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(serve)
 

@@ -470,7 +470,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(
                 flag,
                 default=None,
-                metavar=f.metadata.get("metavar") or f.name.upper(),
+                metavar=f.metadata.get("metavar")
+                or ("BYTES" if f.metadata.get("kind") == "size" else f.name.upper()),
                 help=help_text,
             )
 
