@@ -1002,7 +1002,7 @@ class HttpService:
             body["worker"] = self.worker
         if self.cluster is not None:
             node_ok, body["cluster"] = self.cluster()
-            if ok and not node_ok:
+            if not node_ok:  # the cause: a cut-off node also hears nothing of the binlog
                 ok = False
                 body["status"] = "unavailable"
                 body["reason"] = body["cluster"]["reason"]
