@@ -300,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             settings = from_arguments(args)
             setup_logging(settings.log_level, settings.log_format)
+            from tidings.cluster import BackplaneError
             from tidings.daemon import serve
             from tidings.source.replica import ReplicaError
             from tidings.state import StateError
@@ -311,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ReplicaError as exc:
                 print(f"tidings: replication stopped: {exc}", file=sys.stderr)
                 return 1
-            except (StateError, WorkerError) as exc:
+            except (StateError, WorkerError, BackplaneError) as exc:
                 print(f"tidings: {exc}", file=sys.stderr)
                 return 1
             return 0

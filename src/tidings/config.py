@@ -161,6 +161,41 @@ class Settings:
         "reconnect (bytes; k/M/G suffix ok)",
         kind="size",
     )
+    cluster: str = _opt(
+        "",
+        "redis://HOST:PORT/DB of the Redis that coordinates a cluster of tidings nodes: one "
+        "node at a time reads the binlog and appends the events to a Redis stream, every "
+        "node serves them (docs/topics/cluster.md; empty: a single node, no backplane)",
+        metavar="URL",
+    )
+    cluster_name: str = _opt(
+        "tidings",
+        "with --cluster: prefix of the cluster's Redis keys (clusters on one Redis differ in it)",
+        metavar="NAME",
+    )
+    cluster_node: str = _opt(
+        "",
+        "with --cluster: this node's name in the lease and the logs (empty: HOSTNAME:PID)",
+        metavar="NAME",
+    )
+    cluster_lease: float = _opt(
+        5.0,
+        "with --cluster: seconds the binlog reader's lease lasts unrenewed; a node takes over "
+        "this long after the reader died",
+        metavar="S",
+    )
+    cluster_timeout: float = _opt(
+        3.0,
+        "with --cluster: seconds without the backplane after which a node reports unhealthy "
+        "and disconnects its clients (they reconnect to another node and resume)",
+        metavar="S",
+    )
+    cluster_stream_length: int = _opt(
+        100_000,
+        "with --cluster: entries the Redis stream keeps (MAXLEN ~; an entry is what the reader "
+        "read in one loop iteration, one event or many); a node further behind restarts",
+        metavar="N",
+    )
     ddl_events: bool = _opt(
         True,
         "publish schema changes (CREATE/ALTER/DROP/RENAME/TRUNCATE ...) as 'ddl' events on the "
@@ -268,6 +303,7 @@ class Settings:
             raise ConfigError(f"workers must be between 1 and 256, not {self.workers}")
         if self.worker_buffer < 1 << 20:
             raise ConfigError("worker_buffer must be at least 1 MiB")
+        self._check_cluster()
         if self.auth_max_failures < 0:
             raise ConfigError("auth_max_failures must be >= 0 (0: no throttling)")
         if self.max_subscriptions < 1:
@@ -302,6 +338,22 @@ class Settings:
             )
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format must be text or json: {self.log_format!r}")
+
+    def _check_cluster(self) -> None:
+        if not self.cluster:
+            return
+        if not self.cluster.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("cluster must be a redis://, rediss:// or unix:// URL")
+        if not self.mysql:
+            raise ConfigError("cluster needs mysql: the nodes share one binlog stream")
+        if self.workers > 1:
+            raise ConfigError("cluster and workers > 1 do not go together yet: run more nodes")
+        if self.cluster_lease < 1 or self.cluster_timeout <= 0:
+            raise ConfigError("cluster_lease must be >= 1 second and cluster_timeout > 0")
+        if self.cluster_stream_length < 1000:
+            raise ConfigError("cluster_stream_length must be at least 1000 entries")
+        if not self.cluster_name or any(c.isspace() for c in self.cluster_name):
+            raise ConfigError(f"cluster_name must be a word: {self.cluster_name!r}")
 
     def _check_tls(self) -> None:
         if self.tls_key and not self.tls_cert:

@@ -228,13 +228,9 @@ class Daemon:
         self.outbox = Outbox(s.outbox_schema)
         self.purger = OutboxPurger(url, self.outbox)
         self._serve_from_mysql(url)
-        if s.state_dir:
-            start = await self._open_state(url)
-            if start is None:  # stopped while waiting for the server
-                return
-        else:
-            self._new_epoch_in_memory()
-            start = Position.parse(s.start)
+        start = await self._plan(url)
+        if self._stopping.is_set():  # stopped while waiting for the server
+            return
         if self.hub.next_id >= self.live_from:
             self.live.set()
         self._schema = SchemaLookup(url)
@@ -319,6 +315,14 @@ class Daemon:
             "ddl_events": self.settings.ddl_events,
             "outbox": f"{self.settings.outbox_schema}.outbox",
         }
+
+    async def _plan(self, url: MySQLURL) -> Position | None:
+        """Settle the epoch and the first id; where to read from (None: the binlog end).
+        The cluster's leader plans from the backplane (tidings.cluster.leader)."""
+        if self.settings.state_dir:
+            return await self._open_state(url)  # None only when stopped while waiting
+        self._new_epoch_in_memory()
+        return Position.parse(self.settings.start)
 
     def _new_epoch_in_memory(self) -> None:
         """No state: every start is a new epoch, ids from the clock (see delivery.md)."""
@@ -629,13 +633,19 @@ def install_uvloop() -> bool:
 async def serve(settings: Settings, settings_source: Callable[[], Settings] | None = None) -> None:
     """Run a daemon until SIGTERM/SIGINT; SIGHUP reloads (`settings_source` builds the
     settings anew: the same command line and environment, the config file re-read).
-    With `workers` > 1 the supervisor runs instead (tidings.workers)."""
+    With `workers` > 1 the supervisor runs instead (tidings.workers); with `cluster`, a
+    cluster node (tidings.cluster)."""
     if settings.workers > 1:
         from tidings.workers.supervisor import supervise
 
         await supervise(settings, settings_source)
         return
-    daemon = Daemon(settings, settings_source=settings_source)
+    if settings.cluster:
+        from tidings.cluster import Node
+
+        daemon: Daemon = Node(settings, settings_source=settings_source)
+    else:
+        daemon = Daemon(settings, settings_source=settings_source)
     systemd = Notifier()
     loop = asyncio.get_running_loop()
 

@@ -851,6 +851,8 @@ class HttpService:
         #: which worker process this is (tidings.workers), reported by /healthz; None: the
         #: only process
         self.worker: int | None = None
+        #: a cluster node's own health (tidings.cluster.node): (ok, report for /healthz)
+        self.cluster: Callable[[], tuple[bool, dict[str, Any]]] | None = None
         #: the WebSocket service GET /ws hands connections to (None: accept() makes one
         #: from `settings`)
         self.websocket: ws_session.WsService | None = None
@@ -998,6 +1000,12 @@ class HttpService:
         ok, body = self._health()
         if self.worker is not None:
             body["worker"] = self.worker
+        if self.cluster is not None:
+            node_ok, body["cluster"] = self.cluster()
+            if not node_ok:  # the cause: a cut-off node also hears nothing of the binlog
+                ok = False
+                body["status"] = "unavailable"
+                body["reason"] = body["cluster"]["reason"]
         return ok, body
 
     def _health(self) -> tuple[bool, dict[str, Any]]:
