@@ -609,6 +609,16 @@ def test_corrupt_row_data() -> None:
         d.feed(rows_event(23, 5, 1, row_image([b"\x00"])))
 
 
+def test_a_column_bitmap_with_only_bits_past_the_last_column_is_refused() -> None:
+    # found by fuzz/binlog.py: an image of no columns reads no bytes, so the rows loop
+    # never advanced and appended empty rows until memory ran out
+    d = new_decoder()
+    d.feed(table_map(7, "db", "t", [(3, b"")], optional=names_tlv(["c"])))
+    body = (7).to_bytes(6, "little") + b"\x01\x00" + b"\x01" + b"\x02" + b"\x00"
+    with pytest.raises(BinlogError, match="without columns"):
+        d.feed(event(23, body))
+
+
 # -- GTID state ----------------------------------------------------------------------------------
 
 
