@@ -149,6 +149,31 @@ def sse_frame(event: Event) -> bytes:
     return http.sse_event(event.id, event_type(event), event.body)
 
 
+def sse_targets(request: Request, next_id: int) -> tuple[list[str], list[str], int | None]:
+    """The channels, patterns and resume id (or None) a GET /sse asks for: `channel=` and
+    `pattern=` (repeatable), then `Last-Event-ID` or `since=`. HttpError 400 if invalid."""
+    query = request.query
+    channels = list(dict.fromkeys(query.get("channel", ())))
+    patterns = list(dict.fromkeys(query.get("pattern", ())))
+    if not channels and not patterns:
+        raise HttpError(400, "name at least one channel=... or pattern=...")
+    for name in channels:
+        try:
+            split(name)
+        except FilterError as exc:
+            raise HttpError(400, f"invalid filter in channel {name!r}: {exc}") from None
+    raw_since = request.headers.get("last-event-id") or (query.get("since") or [""])[-1]
+    if not raw_since:
+        return channels, patterns, None
+    try:
+        since = int(raw_since)
+        check_since(since, next_id)
+    except ValueError as exc:  # ResumeError is one
+        why = exc if isinstance(exc, ResumeError) else "it must be an integer event id"
+        raise HttpError(400, f"cannot resume from {raw_since!r}: {why}") from None
+    return channels, patterns, since
+
+
 # -- one client ---------------------------------------------------------------------------------
 Handler = Callable[["HttpConnection", Request], None]
 
@@ -422,28 +447,11 @@ class HttpConnection(asyncio.Protocol):
         self._serve()  # what the client pipelined behind it
 
     def get_sse(self, request: Request) -> None:
-        query = request.query
-        channels = list(dict.fromkeys(query.get("channel", ())))
-        patterns = list(dict.fromkeys(query.get("pattern", ())))
-        if not channels and not patterns:
-            self._error(request, 400, "name at least one channel=... or pattern=...")
+        try:
+            channels, patterns, since = sse_targets(request, self.hub.next_id)
+        except HttpError as exc:
+            self._error(request, exc.status, exc.message)
             return
-        for name in channels:
-            try:
-                split(name)
-            except FilterError as exc:
-                self._error(request, 400, f"invalid filter in channel {name!r}: {exc}")
-                return
-        raw_since = request.headers.get("last-event-id") or (query.get("since") or [""])[-1]
-        since: int | None = None
-        if raw_since:
-            try:
-                since = int(raw_since)
-                check_since(since, self.hub.next_id)
-            except ValueError as exc:  # ResumeError is one
-                why = exc if isinstance(exc, ResumeError) else "it must be an integer event id"
-                self._error(request, 400, f"cannot resume from {raw_since!r}: {why}")
-                return
         self.sse = True
         self.service.stats.sse_total += 1
         self.service.streams[self] = None
