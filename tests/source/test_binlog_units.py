@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import uuid
+import zlib
 from decimal import Decimal
 from typing import Any
 
@@ -35,7 +36,7 @@ from tests.source.test_binlog_builders import (
     xid,
 )
 from tidings.source.binlog import BinlogDecoder, BinlogError, TableInfo, TableInfoRequest
-from tidings.source.binlog.events import parse_xa_query
+from tidings.source.binlog.events import parse_xa_query, uncompress
 from tidings.source.binlog.gtid import MariaDBGtidState, MySQLGtidSet
 from tidings.source.changes import Position, Transaction
 
@@ -567,6 +568,16 @@ def test_framing_errors() -> None:
     bad_crc[20] ^= 1
     with pytest.raises(BinlogError, match="CRC32"):
         d.feed(bytes(bad_crc))
+
+
+def test_compressed_payloads_inflate_to_their_announced_size_only() -> None:
+    header = b"\x81"  # compressed, zlib, a 1-byte size follows
+    assert uncompress(header + b"\x05" + zlib.compress(b"hello")) == b"hello"
+    bomb = zlib.compress(bytes(1 << 24))  # 16 MiB of zeros in 16 KiB, announced as 10 bytes
+    with pytest.raises(BinlogError, match="wrong uncompressed size"):
+        uncompress(header + b"\x0a" + bomb)
+    with pytest.raises(BinlogError, match="truncated"):
+        uncompress(header + b"\x05" + zlib.compress(b"hello")[:-2])
 
 
 def test_checksums_off() -> None:
