@@ -4,22 +4,16 @@ checked; anything wrong must be a ConfigError naming it.
 
 from __future__ import annotations
 
-import atexit
-import os
 import tempfile
-from pathlib import Path
 
 from tidings.config import ConfigError, load
 
 ERRORS = (ConfigError,)
 
-_FILE = Path(tempfile.mkdtemp(prefix="tidings-fuzz-")) / "tidings.toml"
-atexit.register(_FILE.parent.rmdir)
-
 
 def fuzz_one(data: bytes) -> None:
-    _FILE.write_bytes(data)
-    try:
-        load(_FILE, env={})
-    finally:
-        os.unlink(_FILE)
+    # a file of its own per input, gone after it (libFuzzer's exit skips atexit handlers)
+    with tempfile.NamedTemporaryFile(prefix="tidings-fuzz-", suffix=".toml") as file:
+        file.write(data)
+        file.flush()
+        load(file.name, env={})
