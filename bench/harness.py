@@ -74,6 +74,23 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def run_delay(pid: int) -> float:
+    """Seconds the threads of `pid` were runnable but waited for a CPU (schedstat field 2):
+    on a shared machine, what separates "had no work" from "had no core"."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                total += int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
 def children(pid: int) -> list[int]:
     """Direct children of `pid` (from /proc; for servers that fork a process per client)."""
     found = []
@@ -286,6 +303,7 @@ class Tidings(Server):
         mysql: str | None = None,
         server_id: int = 4242,
         output_limit: int = 16 << 20,
+        workers: int = 1,
     ) -> None:
         super().__init__()
         cmd = [str(TIDINGS), "serve", "--resp", f"127.0.0.1:{self.port}", "--http", ""]
@@ -293,14 +311,34 @@ class Tidings(Server):
         cmd += ["--output-limit", str(output_limit)]
         if mysql:
             cmd += ["--mysql", mysql, "--server-id", str(server_id)]
+        if workers > 1:
+            cmd += ["--workers", str(workers)]
         self.command = cmd
+        self.workers = workers
         self.logfile = logdir / f"tidings-{self.port}.log"
         with open(self.logfile, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         wait_resp(self.port, proc=self.proc)
+        if workers > 1:  # every worker listening, or the first would take every client
+            deadline = time.monotonic() + 30
+            while self.log_text().count(") serving") < workers:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"not all workers started:\n{self.log_text()[-2000:]}")
+                time.sleep(0.05)
 
     def log_text(self) -> str:
         return self.logfile.read_text(errors="replace")
+
+    def cpu(self) -> float:
+        """The daemon's CPU: with workers, the supervisor's (the binlog reader) and theirs."""
+        return sum(tree_cpu(self.pid).values())
+
+    def rss(self) -> int:
+        return sum(rss_bytes(pid) for pid in [self.pid, *children(self.pid)])
+
+    def waited(self) -> float:
+        """Seconds its processes were runnable but had no CPU (see `run_delay`)."""
+        return sum(run_delay(pid) for pid in [self.pid, *children(self.pid)])
 
 
 class Redis(Server):

@@ -10,7 +10,7 @@ the server's RSS per idle connection, and the cost of one select()/poll()/epoll
 call from Python with the same number of idle descriptors registered and one ready
 (why an epoll loop stays flat where select and poll grow with the idle count).
 
-    .venv/bin/python bench/idle.py [--pings 20000] [--counts 0,5000,19000]
+    .venv/bin/python bench/idle.py [--pings 20000] [--counts 0,5000,19000] [--workers N]
 """
 
 from __future__ import annotations
@@ -209,6 +209,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per step")
     parser.add_argument("--servers", default="tidings,redis")
     parser.add_argument(
+        "--workers", type=int, default=1, help="tidings serve --workers N (RSS and CPU summed)"
+    )
+    parser.add_argument(
         "--bare", action="store_true", help="idle connections only PING once (no SUBSCRIBE)"
     )
     args = parser.parse_args()
@@ -221,14 +224,19 @@ def main() -> None:
         servers: list[Server] = []
         for name in args.servers.split(","):
             if name == "tidings":
-                servers.append(stack.enter_context(Tidings(tmp)))
+                tidings = stack.enter_context(Tidings(tmp, workers=args.workers))
+                if args.workers > 1:
+                    tidings.name = f"tidings --workers {args.workers}"
+                servers.append(tidings)
             else:
                 redis = Redis(tmp / "redis")
                 stack.enter_context(redis)
                 version = redis.version()
                 servers.append(redis)
         steps = run(servers, counts, args.pings, args.rounds, args.bare)
-    micro = {n: multiplex_cost(n) for n in sorted({*counts, 1000})}
+    # one process holds the descriptors: up to its limit (the 100,000 of --workers 6 do not fit)
+    limit = raise_nofile() - 100
+    micro = {n: multiplex_cost(n) for n in sorted({*counts, 1000}) if n <= limit}
 
     rows = []
     base = {s.server: s for s in steps if s.idle == counts[0]}

@@ -15,6 +15,7 @@ from tidings.wire.http_server import sse_targets
 ERRORS = (HttpError,)
 
 NEXT_ID = 1_000_000
+MAX_SUBSCRIPTIONS = 8
 CHANNELS = ("shop.orders", "a" * 64, "", "caf\u00e9.x", "\udcff")
 
 
@@ -27,8 +28,9 @@ def fuzz_one(data: bytes) -> None:
     parser.feed(head + b"\r\n")
     request = parser.next_request()
     assert request is not None
-    channels, patterns, since = sse_targets(request, NEXT_ID)
+    channels, patterns, since = sse_targets(request, NEXT_ID, MAX_SUBSCRIPTIONS)
     assert channels or patterns
+    assert len(channels) + len(patterns) <= MAX_SUBSCRIPTIONS
     assert since is None or 0 <= since < NEXT_ID
     for text in patterns:
         glob = GlobPattern(text)

@@ -18,6 +18,6 @@ def fuzz_one(data: bytes) -> None:
     except MessageError as exc:
         orjson.dumps(exc.reply)  # the error must be sendable
         raise
-    assert command.op in ("subscribe", "unsubscribe", "ping")
+    assert command.op in ("subscribe", "unsubscribe", "ping", "auth")
     assert command.since is None or type(command.since) is int
     orjson.dumps({"op": "subscribed", "channel": command.channel})  # the reply too

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from tidings.config import ConfigError, Settings, add_arguments, from_arguments, load, parse_size
+from tidings.config import (
+    ConfigError,
+    Settings,
+    add_arguments,
+    auth_secret,
+    from_arguments,
+    load,
+    parse_duration,
+    parse_size,
+)
 from tidings.source.changes import Position
 
 
@@ -48,6 +57,11 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
         ({"TIDINGS_ALLOW_PUBLISH": "maybe"}, "true or false"),
         ({"TIDINGS_OUTPUT_LIMIT": "lots"}, "expected a size"),
         ({"TIDINGS_RESP": "127.0.0.1:\u00b2"}, "HOST:PORT"),  # a digit, but not 0-9
+        ({"TIDINGS_TLS_KEY": "k.pem"}, "tls_key is set but tls_cert is not"),
+        ({"TIDINGS_TLS_LISTENERS": "resp,https"}, "tls_listeners must be resp, http"),
+        ({"TIDINGS_TLS_LISTENERS": ""}, "tls_listeners must be resp, http"),
+        ({"TIDINGS_TLS_MIN_VERSION": "1.1"}, "tls_min_version must be 1.2 or 1.3"),
+        ({"TIDINGS_TLS_HANDSHAKE_TIMEOUT": "0"}, "tls_handshake_timeout must be > 0"),
     ],
 )
 def test_bad_values_name_the_setting(source: dict[str, str], message: str) -> None:
@@ -89,10 +103,62 @@ def test_bad_file_contents_are_config_errors(tmp_path: Path, text: bytes, messag
         load(conf, env={})
 
 
+def test_which_listeners_speak_tls() -> None:
+    both = Settings(tls_cert="c.pem", http="127.0.0.1:8080")
+    assert both.tls_for("resp") and both.tls_for("http")
+    http_only = Settings(tls_cert="c.pem", http="127.0.0.1:8080", tls_listeners=" http ")
+    assert not http_only.tls_for("resp") and http_only.tls_for("http")
+    assert not Settings(tls_cert="c.pem", http="").tls_for("http")  # the HTTP listener is off
+    assert not Settings(http="127.0.0.1:8080").tls_for("resp")  # no certificate: no TLS
+
+
 def test_sizes() -> None:
     assert [parse_size(t) for t in ("10", "64k", "64KiB", "1M", "1mb", "2G")] == [
         10, 65536, 65536, 1 << 20, 1 << 20, 2 << 30,
     ]  # fmt: skip
+
+
+def test_durations() -> None:
+    assert [parse_duration(t) for t in ("90", "30s", "15m", "1h", "7d", " 2H ")] == [
+        90, 30, 900, 3600, 7 * 86400, 7200,
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match="expected a duration such as 30s"):
+        parse_duration("1w")
+
+
+SECRET = "k" * 32
+
+
+def test_auth_secret_from_each_source_never_shown(tmp_path: Path) -> None:
+    assert auth_secret(load(env={})) is None
+    s = load(env={"TIDINGS_AUTH_SECRET": SECRET})
+    assert auth_secret(s) == SECRET.encode()
+    assert SECRET not in repr(s) and SECRET not in str(s)
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(f"  {SECRET}x\n")
+    s = parse(["--auth-secret-file", str(secret_file)])
+    assert auth_secret(s) == f"{SECRET}x".encode()
+    conf = tmp_path / "tidings.toml"
+    conf.write_text(f'auth_secret = "{SECRET}"\n')
+    assert auth_secret(parse(["--config", str(conf)])) == SECRET.encode()
+    # a higher source naming the other spelling wins over the file's
+    s = parse(["--config", str(conf)], {"TIDINGS_AUTH_SECRET_FILE": str(secret_file)})
+    assert (s.auth_secret, auth_secret(s)) == ("", f"{SECRET}x".encode())
+    s = parse(["--auth-secret", SECRET + "y"], {"TIDINGS_AUTH_SECRET_FILE": str(secret_file)})
+    assert auth_secret(s) == f"{SECRET}y".encode()
+
+
+def test_bad_auth_secrets(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="auth_secret: the auth secret is 31 bytes; use at"):
+        load(env={"TIDINGS_AUTH_SECRET": SECRET[:-1]})
+    with pytest.raises(ConfigError, match="not both"):
+        load(env={"TIDINGS_AUTH_SECRET": SECRET, "TIDINGS_AUTH_SECRET_FILE": "/x"})
+    with pytest.raises(ConfigError, match="cannot read auth_secret_file /nonexistent/s"):
+        auth_secret(load(env={"TIDINGS_AUTH_SECRET_FILE": "/nonexistent/s"}))
+    short = tmp_path / "short"
+    short.write_text("tiny\n")
+    with pytest.raises(ConfigError, match="is 4 bytes; use at least 32"):
+        auth_secret(load(env={"TIDINGS_AUTH_SECRET_FILE": str(short)}))
 
 
 def test_start_positions() -> None:

@@ -16,17 +16,24 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+from tidings.auth import check_secret
 from tidings.hub import history as _history
+from tidings.wire.origins import Origins, OriginsError
 
 
 class ConfigError(ValueError):
     pass
 
 
-def _opt(default: Any, help: str, *, kind: str = "", metavar: str | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "kind": kind, "metavar": metavar})
+def _opt(
+    default: Any, help: str, *, kind: str = "", metavar: str | None = None, secret: bool = False
+) -> Any:
+    # a secret stays out of repr(), so logging a Settings never shows it
+    return field(
+        default=default, repr=not secret, metadata={"help": help, "kind": kind, "metavar": metavar}
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +73,33 @@ class Settings:
         "WebSocket (/ws), /healthz, /metrics, /channels, POST /publish (empty: off)",
         metavar="HOST:PORT",
     )
+    tls_cert: str = _opt(
+        "",
+        "PEM file with the TLS certificate chain (and the private key, unless --tls-key): "
+        "the listeners named by --tls-listeners speak TLS only; re-read on SIGHUP (empty: no TLS)",
+        metavar="FILE",
+    )
+    tls_key: str = _opt(
+        "", "PEM file with the private key of --tls-cert (empty: in that file)", metavar="FILE"
+    )
+    tls_listeners: str = _opt(
+        "resp,http",
+        "which listeners use TLS when --tls-cert is set: resp, http or resp,http "
+        "(e.g. http alone to keep RESP in plain text on a loopback address)",
+        metavar="LIST",
+    )
+    tls_min_version: str = _opt("1.2", "oldest TLS version accepted: 1.2 or 1.3", metavar="V")
+    tls_handshake_timeout: float = _opt(
+        10.0, "seconds a client may take to complete the TLS handshake", metavar="S"
+    )
+    origins: str = _opt(
+        "*",
+        "web pages allowed to use the HTTP listener from a browser: * (any), or comma-separated "
+        "origins such as https://app.example,http://localhost:* (port * = any port). Others "
+        "get no CORS header and their WebSocket handshakes are refused (403); clients that "
+        "send no Origin (curl, services) are not affected",
+        metavar="LIST",
+    )
     sse_heartbeat: float = _opt(
         15.0, "seconds between comment heartbeats on SSE streams (0: none)", metavar="S"
     )
@@ -74,12 +108,58 @@ class Settings:
         "GET /healthz answers 503 while the binlog stream is more than this many seconds behind",
         metavar="S",
     )
+    max_clients: int = _opt(
+        0,
+        "most client connections open at once, all listeners together; more are told "
+        "'max number of clients reached' and closed (0: as many as the descriptor limit allows)",
+        metavar="N",
+    )
+    max_clients_per_ip: int = _opt(
+        0, "most client connections open at once from one address (0: no limit)", metavar="N"
+    )
+    idle_timeout: float = _opt(
+        0.0,
+        "close a RESP connection that has no subscription and sent nothing for this many "
+        "seconds, as redis's `timeout` (0: never)",
+        metavar="S",
+    )
+    request_timeout: float = _opt(
+        30.0,
+        "HTTP: close a connection whose next request has not fully arrived this many seconds "
+        "after it connected or got its last answer (408 if the request had begun; 0: never)",
+        metavar="S",
+    )
+    auth_max_failures: int = _opt(
+        10,
+        "refused tokens from one address after which its attempts are refused unchecked for "
+        "a while (1 s, doubling, at most 60 s; 0: never)",
+        metavar="N",
+    )
+    max_subscriptions: int = _opt(
+        10_000,
+        "channels and patterns one connection (RESP, WebSocket, or SSE stream) may hold at once",
+        metavar="N",
+    )
     max_bulk: int = _opt(
         64 * 1024, "largest bulk string a client may send (bytes; k/M suffix ok)", kind="size"
     )
     output_limit: int = _opt(
         1 << 20,
         "pending output after which a slow subscriber is disconnected (bytes; k/M suffix ok)",
+        kind="size",
+    )
+    workers: int = _opt(
+        1,
+        "processes serving clients on the same ports (SO_REUSEPORT); with more than 1 a "
+        "separate process reads the binlog, gives the ids and feeds every worker "
+        "(docs/topics/workers.md)",
+        metavar="N",
+    )
+    worker_buffer: int = _opt(
+        64 << 20,
+        "with --workers: event-feed bytes that may wait for one worker (on top of its "
+        "start-up copy of history); a worker further behind is restarted and its clients "
+        "reconnect (bytes; k/M/G suffix ok)",
         kind="size",
     )
     ddl_events: bool = _opt(
@@ -143,19 +223,60 @@ class Settings:
         "memory for one channel's history at most (bytes; k/M/G suffix ok)",
         kind="size",
     )
+    auth_secret: str = _opt(
+        "",
+        "secret (at least 32 bytes) that signs client tokens (JWT HS256); set, every "
+        "subscription needs a token (`tidings token` mints them). Prefer --auth-secret-file "
+        "or the environment: a flag shows in the process list",
+        metavar="SECRET",
+        secret=True,
+    )
+    auth_secret_file: str = _opt(
+        "",
+        "file holding the auth secret (surrounding whitespace ignored), instead of --auth-secret",
+        metavar="FILE",
+    )
+    admin_open_on_loopback: bool = _opt(
+        True,
+        "with an auth secret, /channels, /metrics and POST /publish need no token while the "
+        "HTTP listener is bound to loopback addresses only (--no-admin-open-on-loopback: "
+        "always ask for an admin token, e.g. behind a reverse proxy on the same host)",
+    )
     log_level: str = _opt("info", "debug, info, warning or error", metavar="LEVEL")
+    log_format: str = _opt(
+        "text",
+        "'text' (one readable line per entry) or 'json' (one JSON object per line)",
+        metavar="FORMAT",
+    )
 
     def __post_init__(self) -> None:
         if self.resp:
             parse_hostport(self.resp)
         if self.http:
             parse_hostport(self.http)
+        try:
+            Origins.parse(self.origins)
+        except OriginsError as exc:
+            raise ConfigError(f"origins: {exc}") from None
         if self.sse_heartbeat < 0 or self.health_max_lag <= 0:
             raise ConfigError("sse_heartbeat must be >= 0 and health_max_lag > 0 seconds")
+        self._check_tls()
         if not 1 <= self.server_id < 2**32:
             raise ConfigError(f"server_id must be between 1 and 4294967295, not {self.server_id}")
         if self.max_bulk < 1 or self.output_limit < 1024:
             raise ConfigError("max_bulk must be >= 1 and output_limit >= 1024 bytes")
+        if not 1 <= self.workers <= 256:
+            raise ConfigError(f"workers must be between 1 and 256, not {self.workers}")
+        if self.worker_buffer < 1 << 20:
+            raise ConfigError("worker_buffer must be at least 1 MiB")
+        if self.auth_max_failures < 0:
+            raise ConfigError("auth_max_failures must be >= 0 (0: no throttling)")
+        if self.max_subscriptions < 1:
+            raise ConfigError("max_subscriptions must be >= 1")
+        if min(self.max_clients, self.max_clients_per_ip) < 0:
+            raise ConfigError("max_clients and max_clients_per_ip must be >= 0 (0: no limit)")
+        if min(self.idle_timeout, self.request_timeout) < 0:
+            raise ConfigError("idle_timeout and request_timeout must be >= 0 seconds (0: never)")
         if self.heartbeat <= 0:
             raise ConfigError("heartbeat must be > 0 seconds")
         if not _SCHEMA_NAME.match(self.outbox_schema):  # as tidings.source.notify checks it
@@ -172,10 +293,58 @@ class Settings:
                      "history_channel_bytes"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0")
+        if self.auth_secret and self.auth_secret_file:
+            raise ConfigError("set auth_secret or auth_secret_file, not both")
+        if self.auth_secret:
+            _check_secret("auth_secret", self.auth_secret.encode())
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(
                 f"log_level must be debug, info, warning or error: {self.log_level!r}"
             )
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be text or json: {self.log_format!r}")
+
+    def _check_tls(self) -> None:
+        if self.tls_key and not self.tls_cert:
+            raise ConfigError("tls_key is set but tls_cert is not: give both, or the cert alone")
+        if not self._tls_listeners() or not self._tls_listeners() <= {"resp", "http"}:
+            raise ConfigError(
+                f"tls_listeners must be resp, http or resp,http, not {self.tls_listeners!r}"
+            )
+        if self.tls_min_version not in ("1.2", "1.3"):
+            raise ConfigError(f"tls_min_version must be 1.2 or 1.3, not {self.tls_min_version!r}")
+        if self.tls_handshake_timeout <= 0:
+            raise ConfigError("tls_handshake_timeout must be > 0 seconds")
+
+    def tls_for(self, listener: str) -> bool:
+        """Whether the listener `listener` ("resp" or "http") is on and speaks TLS."""
+        on = bool(self.tls_cert and getattr(self, listener))
+        return on and listener in self._tls_listeners()
+
+    def _tls_listeners(self) -> set[str]:
+        return {name.strip() for name in self.tls_listeners.split(",") if name.strip()}
+
+
+def _check_secret(name: str, secret: bytes) -> None:
+    try:
+        check_secret(secret)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def auth_secret(settings: Settings) -> bytes | None:
+    """The secret that signs tokens (reading `auth_secret_file`), or None: no auth."""
+    if settings.auth_secret:
+        return settings.auth_secret.encode()
+    if not settings.auth_secret_file:
+        return None
+    path = Path(settings.auth_secret_file)
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read auth_secret_file {path}: {exc.strerror}") from None
+    _check_secret(f"auth_secret_file {path}", secret)
+    return secret
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -187,6 +356,18 @@ def parse_hostport(text: str) -> tuple[str, int]:
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_$]{1,64}$")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)(i?b)?\s*$", re.IGNORECASE)
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> int:
+    """Seconds from `90`, `30s`, `15m`, `1h` or `7d`."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigError(f"expected a duration such as 30s, 15m, 1h or 7d, got {text!r}")
+    scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2].lower()]
+    return int(match[1]) * scale
 
 
 def parse_size(text: str) -> int:
@@ -231,6 +412,11 @@ def _scalar(value: Any) -> Any:
     return value
 
 
+#: settings that say the same thing two ways: a source setting one drops the other from
+#: lower sources (TIDINGS_AUTH_SECRET_FILE overrides a file's auth_secret)
+_ALTERNATIVES: Final = {"auth_secret": "auth_secret_file", "auth_secret_file": "auth_secret"}
+
+
 def _defaults() -> dict[str, Any]:
     return {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
 
@@ -242,7 +428,7 @@ def load(
 ) -> Settings:
     """Build Settings: defaults, then the TOML file, then TIDINGS_* variables, then `overrides`."""
     known = {f.name: f for f in fields(Settings)}
-    values: dict[str, Any] = {}
+    layers: list[dict[str, Any]] = []
     if config_file is not None:
         path = Path(config_file)
         try:
@@ -255,18 +441,28 @@ def load(
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         except RecursionError:  # tomllib recurses into nested arrays and tables
             raise ConfigError(f"config file {path} nests too deeply") from None
+        layer: dict[str, Any] = {}
         for key, value in data.items():
             name = key.replace("-", "_")
             if name not in known:
                 raise ConfigError(f"unknown setting {key!r} in {path}")
-            values[name] = value
+            layer[name] = value
+        layers.append(layer)
+    layer = {}
     for key, value in (os.environ if env is None else env).items():
         if key.startswith("TIDINGS_"):
             name = key[len("TIDINGS_") :].lower()
             if name not in known:
                 raise ConfigError(f"unknown environment variable {key}")
-            values[name] = value
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+            layer[name] = value
+    layers.append(layer)
+    layers.append({k: v for k, v in (overrides or {}).items() if v is not None})
+    values: dict[str, Any] = {}
+    for layer in layers:
+        for name, other in _ALTERNATIVES.items():
+            if name in layer and other not in layer:
+                values.pop(other, None)  # a higher source names the other spelling: it wins
+        values.update(layer)
     defaults = _defaults()
     typed = {
         name: _coerce(name, known[name].metadata.get("kind", ""), defaults[name], value)

@@ -22,9 +22,11 @@ import logging
 import resource
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
-from tidings.config import Settings, parse_hostport
+from tidings import reload
+from tidings.config import ConfigError, Settings, auth_secret, parse_hostport
 from tidings.hub import Hub
 from tidings.publish import publish_transaction
 from tidings.source.changes import Position
@@ -45,7 +47,12 @@ from tidings.state import (
     read_server_facts,
 )
 from tidings.state.reread import Rereader
+from tidings.systemd import Notifier
+from tidings.tls import ServerTls
+from tidings.wire.access import Authority, Throttle
 from tidings.wire.http_server import HttpService, HttpSettings
+from tidings.wire.limits import Admission, Limits
+from tidings.wire.origins import Origins
 from tidings.wire.resp_server import RespService, RespSettings
 from tidings.wire.snapshot_stream import SnapshotService
 from tidings.wire.ws_session import WsService, WsSettings
@@ -64,7 +71,13 @@ def raise_fd_limit() -> int:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, hub: Hub | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        hub: Hub | None = None,
+        *,
+        settings_source: Callable[[], Settings] | None = None,
+    ) -> None:
         self.settings = settings
         if hub is None:
             hub = Hub(
@@ -74,11 +87,21 @@ class Daemon:
                 history_channel_bytes=settings.history_channel_bytes,
             )
         self.hub = hub
+        #: signs client tokens (read from auth_secret_file now: a bad one stops the start)
+        self.auth_secret = auth_secret(settings)
+        #: the listeners' shared token checker (with a secret)
+        self.authority: Authority | None = None
+        #: builds the settings anew for reload() (SIGHUP); None: only TLS is re-read
+        self._settings_source = settings_source
+        #: client connections the descriptor limit leaves room for (set by listen())
+        self.room = 0
         self.replica: Replica | None = None
         self.resp: RespService | None = None
         self.resp_address: tuple[str, int] | None = None
         self.http: HttpService | None = None
         self.http_address: tuple[str, int] | None = None
+        #: with --tls-cert: the certificate the listeners serve, reloaded by reload()
+        self.tls: ServerTls | None = None
         #: with --state-dir: the directory, its checkpoint writer and mark index
         self.state: StateDir | None = None
         self.checkpoints: CheckpointWriter | None = None
@@ -93,6 +116,8 @@ class Daemon:
         self.catch_up_to: Position | None = None
         #: set once the start-up re-reading (if any) has caught up with the checkpoint
         self.live = asyncio.Event()
+        #: set once the client listeners are open (systemd's READY)
+        self.listening = asyncio.Event()
         self._last_mark = 0
         self._stopping = asyncio.Event()
         self._schema: SchemaLookup | None = None
@@ -105,16 +130,37 @@ class Daemon:
         # set while the pump is between transactions (not in the middle of publishing one)
         self._between = asyncio.Event()
         self._between.set()
+        #: listen with SO_REUSEPORT: worker processes share the ports (tidings.workers)
+        self.reuse_port = False
+        #: connection limits shared by the RESP and HTTP listeners
+        self.admission = Admission(
+            Limits(
+                max_clients=settings.max_clients,
+                max_clients_per_ip=settings.max_clients_per_ip,
+                idle_timeout=settings.idle_timeout,
+                request_timeout=settings.request_timeout,
+            )
+        )
 
-    async def start(self) -> None:
-        """Decide the ids and where to read; the listeners open in `listen()`."""
+    def _make_services(self) -> None:
+        """The client-facing services the settings ask for (listening comes later)."""
         s = self.settings
+        if s.tls_for("resp") or s.tls_for("http"):
+            # before anything else: a certificate that cannot serve stops the start at once
+            self.tls = ServerTls(s.tls_cert, s.tls_key, min_version=s.tls_min_version)
+            log.info("TLS certificate %s: %s", s.tls_cert, self.tls.info.describe())
+            self.tls.warn_if_expired()
         if s.resp:
             self.resp = RespService(
                 self.hub,
                 RespSettings(
-                    allow_publish=s.allow_publish, max_bulk=s.max_bulk, output_limit=s.output_limit
+                    allow_publish=s.allow_publish,
+                    max_bulk=s.max_bulk,
+                    output_limit=s.output_limit,
+                    auth_secret=self.auth_secret,
+                    max_subscriptions=s.max_subscriptions,
                 ),
+                admission=self.admission,
             )
         if s.http:
             self.http = HttpService(
@@ -125,12 +171,52 @@ class Daemon:
                     sse_heartbeat=s.sse_heartbeat,
                     health_max_lag=s.health_max_lag,
                     max_publish=s.max_bulk,
+                    auth_secret=self.auth_secret,
+                    admin_open_on_loopback=s.admin_open_on_loopback,
+                    origins=Origins.parse(s.origins),
+                    max_subscriptions=s.max_subscriptions,
                 ),
                 has_source=bool(s.mysql),
                 resp=self.resp,
+                admission=self.admission,
             )
             # /ws sessions: one service, so /metrics counts them and stop() closes them
-            self.http.websocket = WsService(self.hub, WsSettings.from_settings(s))
+            self.http.websocket = WsService(
+                self.hub, WsSettings.from_settings(s, auth_secret=self.auth_secret)
+            )
+            if (tls := self.tls) is not None:  # on /metrics, whichever listeners use it
+                self.http.tls_expiry = lambda: tls.info.not_after
+        if self.auth_secret is not None:
+            log.info("auth secret set: every subscription needs a token (tidings token)")
+            # one Authority for every listener: a guesser's failures count across protocols
+            self.authority = authority = Authority(
+                self.auth_secret, throttle=Throttle(s.auth_max_failures)
+            )
+            if self.resp is not None:
+                self.resp.auth = authority
+            if self.http is not None:
+                self.http.auth = authority
+                if self.http.websocket is not None:
+                    self.http.websocket.auth = authority
+
+    def _serve_from_mysql(self, url: MySQLURL) -> None:
+        """Client PUBLISH through the outbox table, snapshots from the database."""
+        assert self.outbox is not None
+        if (self.resp is not None or self.http is not None) and self.settings.allow_publish:
+            # PUBLISH goes through the outbox table so its id comes from the binlog
+            self.publisher = OutboxPublisher(url, self.outbox)
+            if self.resp is not None:
+                self.resp.publisher = self.publisher.publish
+            if self.http is not None:
+                self.http.publisher = self.publisher.publish
+        if self.resp is not None:
+            # TIDINGS.SNAPSHOT: each snapshot on its own connection (tidings.wire.snapshot_stream)
+            self.resp.snapshots = SnapshotService.for_mysql(self.hub, url, origin=self._origin)
+
+    async def start(self) -> None:
+        """Decide the ids and where to read; the listeners open in `listen()`."""
+        s = self.settings
+        self._make_services()
         if not s.mysql:
             self._new_epoch_in_memory()
             if s.state_dir:
@@ -141,16 +227,7 @@ class Daemon:
         url = MySQLURL.parse(s.mysql)
         self.outbox = Outbox(s.outbox_schema)
         self.purger = OutboxPurger(url, self.outbox)
-        if (self.resp is not None or self.http is not None) and s.allow_publish:
-            # PUBLISH goes through the outbox table so its id comes from the binlog
-            self.publisher = OutboxPublisher(url, self.outbox)
-            if self.resp is not None:
-                self.resp.publisher = self.publisher.publish
-            if self.http is not None:
-                self.http.publisher = self.publisher.publish
-        if self.resp is not None:
-            # TIDINGS.SNAPSHOT: each snapshot on its own connection (tidings.wire.snapshot_stream)
-            self.resp.snapshots = SnapshotService.for_mysql(self.hub, url, origin=self._origin)
+        self._serve_from_mysql(url)
         if s.state_dir:
             start = await self._open_state(url)
             if start is None:  # stopped while waiting for the server
@@ -192,20 +269,49 @@ class Daemon:
         s = self.settings
         if self.purger is not None and self._purger_task is None:
             self._purger_task = asyncio.ensure_future(self.purger.run())
+        if self.resp is None and self.http is None:
+            self.listening.set()
+            return
         capacity = raise_fd_limit()
+        reuse_port = self.reuse_port
+        tls = self.tls
+        timeout = s.tls_handshake_timeout
         if self.resp is not None:
             host, port = parse_hostport(s.resp)
-            server = await self.resp.start(host, port)
+            context = tls.context() if tls and s.tls_for("resp") else None
+            server = await self.resp.start(
+                host, port, ssl=context, ssl_handshake_timeout=timeout, reuse_port=reuse_port
+            )
             self.resp_address = server.sockets[0].getsockname()[:2]
-            log.info("RESP (Redis pub/sub protocol) on %s:%d", *self.resp_address)
+            log.info("RESP (Redis pub/sub protocol%s) on %s:%d", ", TLS" if context else "",
+                     *self.resp_address)  # fmt: skip
         if self.http is not None:
             host, port = parse_hostport(s.http)
-            server = await self.http.start(host, port)
+            context = tls.context(alpn=["http/1.1"]) if tls and s.tls_for("http") else None
+            server = await self.http.start(
+                host, port, ssl=context, ssl_handshake_timeout=timeout, reuse_port=reuse_port
+            )
             self.http_address = server.sockets[0].getsockname()[:2]
-            log.info("HTTP (SSE, WebSocket, API) on http://%s:%d/", *self.http_address)
+            log.info("HTTP (SSE, WebSocket, API) on %s://%s:%d/", "https" if context else "http",
+                     *self.http_address)  # fmt: skip
+            if self.http.auth is not None:
+                log.info(
+                    "admin routes (/channels, /metrics, POST /publish) %s",
+                    "open: the listener is loopback-only"
+                    if self.http.admin_open
+                    else "need an admin token",
+                )
+        self.room = room = capacity - 50  # the daemon's own: MySQL, state files, listeners
+        if not s.max_clients:
+            self.admission.max_clients = room
+        elif s.max_clients > room:
+            log.warning("max_clients %d is above what the descriptor limit allows (%d)",
+                        s.max_clients, room)  # fmt: skip
         log.info(
-            "descriptor limit %d: room for about %d client connections", capacity, capacity - 50
-        )
+            "descriptor limit %d: room for about %d client connections; max_clients %d",
+            capacity, room, self.admission.max_clients,
+        )  # fmt: skip
+        self.listening.set()
 
     def event_options(self) -> dict[str, Any]:
         """The settings that decide which events the binlog gives (kept in the checkpoint)."""
@@ -350,11 +456,17 @@ class Daemon:
                 if index is not None and hub.next_id - self._last_mark >= mark_every:
                     self._last_mark = hub.next_id
                     try:
-                        index.append(Mark(hub.next_id, txn.position))
+                        mark = Mark(hub.next_id, txn.position)
+                        index.append(mark)
                     except OSError as exc:  # a full disk costs warm-up reach, not delivery
                         log.warning("cannot add to the mark index %s: %s", index.path, exc)
+                    else:
+                        self._indexed(mark)
             finally:
                 between.set()
+
+    def _indexed(self, mark: Mark) -> None:
+        """A mark was added to the index (the workers' reader passes it on)."""
 
     async def _caught_up(self) -> None:
         """Wait for the refill, then for the stream to reach the start-up end of the binlog.
@@ -411,12 +523,44 @@ class Daemon:
     def stop(self) -> None:
         self._stopping.set()
 
+    def reload(self) -> None:
+        """Re-read what can change without a restart (SIGHUP): the settings that can
+        (tidings.reload) and the TLS certificate and key.
+
+        Clients stay connected; a problem is logged and the running setup kept.
+        """
+        if self._settings_source is not None:
+            try:
+                new = self._settings_source()
+                self.settings = reload.apply(
+                    self.settings,
+                    new,
+                    admission=self.admission,
+                    authority=self.authority,
+                    services=(self.resp, self.http, self.http.websocket if self.http else None),
+                    room=self.room,
+                )
+            except (ConfigError, ValueError) as exc:
+                log.error("reload: %s; the running settings stay", exc)
+        if self.tls is not None:
+            if self.settings.tls_cert:  # the paths may have changed too (not TLS on or off)
+                self.tls.cert_file, self.tls.key_file = (
+                    self.settings.tls_cert,
+                    self.settings.tls_key,
+                )
+            self.tls.reload()
+
     async def close(self) -> None:
         """Stop reading the binlog, write the last checkpoint, close every client.
 
         The pump finishes the transaction it is publishing (the replica's stream
         ends once closed), so the final checkpoint is the last transaction's end.
+        New connections are refused from the start; connected clients get what was
+        published, then a reason (see SHUTDOWN_REASON), within a deadline.
         """
+        for service in (self.resp, self.http):
+            if service is not None:
+                service.stop_listening()
         if self.publisher is not None:
             await self.publisher.close()  # pending PUBLISHes get an error reply
         if self.purger is not None:
@@ -461,11 +605,16 @@ class Daemon:
         if self._schema is not None:
             await self._schema.close()
         if self.http is not None:
-            await self.http.close()
+            await self.http.close(reason=SHUTDOWN_REASON)
         if self.resp is not None:
-            await self.resp.close()
+            await self.resp.close()  # no reason on RESP: see RespService.close_clients
             if self.resp.snapshots is not None:
                 await self.resp.snapshots.close()
+
+
+#: what clients are told when the daemon stops (SSE comment, WebSocket close 1001; RESP
+#: clients get a closed connection, as from redis, which they reconnect after)
+SHUTDOWN_REASON = "tidings is shutting down: reconnect and resume from your last event id"
 
 
 def install_uvloop() -> bool:
@@ -477,9 +626,38 @@ def install_uvloop() -> bool:
     return True
 
 
-async def serve(settings: Settings) -> None:
-    daemon = Daemon(settings)
+async def serve(settings: Settings, settings_source: Callable[[], Settings] | None = None) -> None:
+    """Run a daemon until SIGTERM/SIGINT; SIGHUP reloads (`settings_source` builds the
+    settings anew: the same command line and environment, the config file re-read).
+    With `workers` > 1 the supervisor runs instead (tidings.workers)."""
+    if settings.workers > 1:
+        from tidings.workers.supervisor import supervise
+
+        await supervise(settings, settings_source)
+        return
+    daemon = Daemon(settings, settings_source=settings_source)
+    systemd = Notifier()
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        systemd.stopping()
+        daemon.stop()
+
+    def ready(_: object) -> None:
+        listeners = [
+            f"{name} {address[0]}:{address[1]}"
+            for name, address in (("RESP", daemon.resp_address), ("HTTP", daemon.http_address))
+            if address is not None
+        ]
+        systemd.ready("serving " + ", ".join(listeners))
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, daemon.stop)
-    await daemon.run()
+        loop.add_signal_handler(sig, stop)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    listening = asyncio.ensure_future(daemon.listening.wait())
+    listening.add_done_callback(ready)
+    try:
+        await daemon.run()
+    finally:
+        listening.cancel()
+        systemd.close()

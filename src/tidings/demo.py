@@ -191,6 +191,7 @@ async def run_demo(seconds: float = 15.0, out: TextIO = sys.stdout) -> int:
                 f"demo: or:  curl -N 'http://127.0.0.1:{http_port}/sse?channel=shop.orders'",
                 file=out,
             )
+            print(f"demo: or open the live dashboard: http://127.0.0.1:{http_port}/", file=out)
             received: list[dict[str, Any]] = []
             sse_ids: list[int] = []
             subs = [

@@ -74,7 +74,7 @@ def publish_outbox_row(
         }
         hub.publish_record(row.channel, fields, live=live)
     elif row.kind == PUBLISH and row.channel:
-        receivers = hub.publish(row.channel, row.payload, live=live)
+        receivers = hub.publish(row.channel, row.payload, live=live, ref=row.ref)
     elif row.kind != FENCE:
         return  # an unknown kind (a newer tidings?) takes no id
     outbox.seen(row.ref, receivers)

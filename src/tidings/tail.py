@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import sys
 from typing import TextIO
 
@@ -67,6 +68,15 @@ def format_event(channel: bytes, payload: bytes, *, pretty: bool) -> str:
     return f"{head} {orjson.dumps(body).decode()}"
 
 
+def client_context(cacert: str | None) -> ssl.SSLContext:
+    """TLS towards a daemon with --tls-cert: trusting the CAs in `cacert`, else the system's."""
+    try:
+        return ssl.create_default_context(cafile=cacert)
+    except OSError as exc:  # ssl.SSLError too: not PEM
+        message = f"cannot load the CA certificates in {cacert}: {exc.strerror or exc}"
+        raise ValueError(message) from None
+
+
 async def tail(
     host: str,
     port: int,
@@ -75,10 +85,18 @@ async def tail(
     out: TextIO = sys.stdout,
     pretty: bool = False,
     count: int = 0,
+    token: str | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> int:
-    """Subscribe (globs use PSUBSCRIBE) and print events; stop after `count` if non-zero."""
-    reader, writer = await asyncio.open_connection(host, port)
+    """Subscribe (globs use PSUBSCRIBE) and print events; stop after `count` if non-zero.
+
+    With `token`, AUTH first; a refusal (of the token or a channel) raises ReplyError.
+    """
+    reader, writer = await asyncio.open_connection(host, port, ssl=tls)
     try:
+        if token is not None:
+            writer.write(encode_command("AUTH", token))
+            await read_reply(reader)
         exact = [c for c in channels if not any(ch in c for ch in "*?[")]
         globs = [c for c in channels if c not in exact]
         if exact:

@@ -38,6 +38,8 @@ def test_per_channel_limit_leaves_other_channels_alone() -> None:
     assert h.lost_upto("quiet", 10) == 0  # nothing of quiet was lost
     assert h.lost_upto("busy", 10) == 7
     assert h.first_after("busy", 7) == 8
+    # what was appended, evicted or not (status pages rank channels by it)
+    assert (h.channels["busy"].appended, h.channels["quiet"].appended) == (8, 1)
 
 
 def test_byte_limits_count_body_twice_plus_overhead() -> None:

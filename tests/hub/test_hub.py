@@ -35,6 +35,10 @@ def test_publish_reaches_exact_subscribers_only() -> None:
     assert other.got == []
     assert hub.publish("nobody", b"y") == 0
     assert hub.published == 2
+    assert hub.delivered == 2  # one per event per subscriber
+    hub.psubscribe(other, "n*")
+    assert hub.publish("news", b"z") == 3
+    assert hub.delivered == 5
 
 
 def test_subscribing_twice_delivers_once() -> None:

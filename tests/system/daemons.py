@@ -33,9 +33,8 @@ async def start_daemon(
     db: PrivateMariaDB, server_id: int, hub: Hub | None = None, **settings: Any
 ) -> Daemon:
     """Run a daemon on `db` until its replica is connected and its listener is open."""
-    daemon = Daemon(
-        Settings(mysql=db.url(), resp="127.0.0.1:0", server_id=server_id, **settings), hub
-    )
+    settings = {"mysql": db.url(), "resp": "127.0.0.1:0", "http": "", **settings}
+    daemon = Daemon(Settings(server_id=server_id, **settings), hub)
     task = _tasks[daemon] = asyncio.ensure_future(daemon.run())
     await wait_for(
         lambda: (

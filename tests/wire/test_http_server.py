@@ -17,8 +17,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tidings.hub import Hub
+from tidings.source.changes import Position
 from tidings.wire import ws_session
 from tidings.wire.http_server import HttpService, HttpSettings
+from tidings.wire.origins import Origins
 
 TIMEOUT = 10
 
@@ -378,6 +380,7 @@ class FakeSource:
         self.reconnects = 1
         self.heartbeat = 1.0
         self.last_error: str | None = "connection refused"
+        self.position: Position | None = Position("mariadb-bin.000002", 1234, "0-1-57")
 
 
 async def test_healthz_follows_the_source() -> None:
@@ -492,3 +495,214 @@ async def test_ws_hand_off_to_ws_session(server: Server, monkeypatch: pytest.Mon
     refused.send(f"GET /ws?no=1 HTTP/1.1\r\nHost: t\r\n{up}\r\n".encode())
     assert (await refused.response())[0] == 403
     assert await refused.closed() == b""
+
+
+# -- CORS ------------------------------------------------------------------------------------------
+PAGE = "http://127.0.0.1:5500"
+
+
+async def test_cors_with_the_default_lets_any_page_read() -> None:
+    async with running() as srv:
+        client = await srv.connect()
+        status, headers, _ = await client.get("/healthz", f"Origin: {PAGE}\r\n")
+        assert status == 200 and headers["access-control-allow-origin"] == "*"
+        status, headers, _ = await client.get("/nope", f"Origin: {PAGE}\r\n")
+        assert status == 404 and headers["access-control-allow-origin"] == "*"
+        stream = await srv.connect()
+        stream.send(f"GET /sse?channel=c HTTP/1.1\r\nHost: t\r\nOrigin: {PAGE}\r\n\r\n".encode())
+        head = await asyncio.wait_for(stream.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert b"\r\nAccess-Control-Allow-Origin: *\r\n" in head, head
+        await stream.block()
+        await until(lambda: srv.hub.subscriber_count("c") == 1)
+        event_id = row(srv.hub, "c", n=1)
+        assert (await stream.events(1))[0][0] == event_id
+
+
+async def test_cors_with_a_list_echoes_allowed_origins_only() -> None:
+    async with running(origins=Origins.parse(f"{PAGE}, https://app.example")) as srv:
+        client = await srv.connect()
+        status, headers, _ = await client.get("/channels", f"Origin: {PAGE}\r\n")
+        assert status == 200
+        assert (headers["access-control-allow-origin"], headers["vary"]) == (PAGE, "Origin")
+        status, headers, body = await client.get("/channels", "Origin: https://evil.example\r\n")
+        # served (CORS is the browser's to enforce) but without the header that lets it read
+        assert status == 200 and b"channels" in body
+        assert "access-control-allow-origin" not in headers and headers["vary"] == "Origin"
+        status, headers, _ = await client.get("/channels")
+        assert status == 200 and "access-control-allow-origin" not in headers
+
+        allowed, refused = await srv.connect(), await srv.connect()
+        for client, origin in ((allowed, PAGE), (refused, "https://evil.example")):
+            request = f"GET /sse?channel=c HTTP/1.1\r\nHost: t\r\nOrigin: {origin}\r\n\r\n"
+            client.send(request.encode())
+        head = await asyncio.wait_for(allowed.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert f"\r\nAccess-Control-Allow-Origin: {PAGE}\r\nVary: Origin\r\n".encode() in head
+        head = await asyncio.wait_for(refused.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert head.startswith(b"HTTP/1.1 200 OK") and b"Access-Control-Allow-Origin" not in head
+
+
+async def test_preflight_allowed_refused_and_plain_options() -> None:
+    async with running(origins=Origins.parse(PAGE), allow_publish=True) as srv:
+        client = await srv.connect()
+        client.send(
+            f"OPTIONS /publish HTTP/1.1\r\nHost: t\r\nOrigin: {PAGE}\r\n"
+            "Access-Control-Request-Method: POST\r\n"
+            "Access-Control-Request-Headers: authorization, content-type\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        lines = head.decode().split("\r\n")
+        assert lines[0] == "HTTP/1.1 204 No Content"
+        headers = dict(line.split(": ", 1) for line in lines[1:] if line)
+        assert "Content-Length" not in headers and "Content-Type" not in headers  # RFC 9110
+        assert headers["Access-Control-Allow-Origin"] == PAGE
+        assert headers["Access-Control-Allow-Methods"] == "POST"
+        allowed_headers = headers["Access-Control-Allow-Headers"]
+        assert allowed_headers == "Authorization, Content-Type, Last-Event-ID"
+        assert headers["Allow"] == "POST, OPTIONS"
+        # the same keep-alive connection goes on with the real request
+        body = b'{"channel":"c","payload":"hi"}'
+        client.send(
+            b"POST /publish HTTP/1.1\r\nHost: t\r\nOrigin: %b\r\nContent-Length: %d\r\n\r\n%b"
+            % (PAGE.encode(), len(body), body)
+        )
+        status, headers, answer = await client.response()
+        assert (status, answer) == (200, b'{"receivers":0}')
+        assert headers["access-control-allow-origin"] == PAGE
+
+        client.send(
+            b"OPTIONS /sse HTTP/1.1\r\nHost: t\r\nOrigin: https://evil.example\r\n"
+            b"Access-Control-Request-Method: GET\r\n\r\n"
+        )
+        status, headers, answer = await client.response()
+        assert status == 403 and b"https://evil.example" in answer and b"--origins" in answer
+        assert "access-control-allow-origin" not in headers
+
+        client.send(b"OPTIONS /metrics HTTP/1.1\r\nHost: t\r\n\r\n")  # no Origin: not CORS
+        head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert head.startswith(b"HTTP/1.1 204") and b"\r\nAllow: GET, OPTIONS\r\n" in head
+        status, _, _ = await client.get("/nope", "Origin: x\r\n")
+        assert status == 404
+        client.send(b"OPTIONS /nope HTTP/1.1\r\nHost: t\r\nOrigin: http://127.0.0.1:5500\r\n\r\n")
+        assert (await client.response())[0] == 404
+
+
+async def test_ws_handshakes_from_other_origins_are_refused_at_the_listener() -> None:
+    async with running(origins=Origins.parse(PAGE)) as srv:
+        upgrade = (
+            "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        )
+        refused = await srv.connect()
+        refused.send(f"{upgrade}Origin: https://evil.example\r\n\r\n".encode())
+        answer = await refused.closed()
+        assert answer.startswith(b"HTTP/1.1 403 Forbidden\r\n") and b"--origins" in answer
+        allowed = await srv.connect()
+        allowed.send(f"{upgrade}Origin: {PAGE}\r\n\r\n".encode())
+        head = await asyncio.wait_for(allowed.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        allowed.close()
+
+
+# -- /stats and the dashboard ----------------------------------------------------------------------
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_stats_report_the_counters_of_metrics_and_rank_channels() -> None:
+    ctx = running()
+    ctx.kwargs["has_source"] = True
+    async with ctx as srv:
+        srv.service.websocket = ws_session.WsService(srv.hub)
+        source = FakeSource()
+        source.connected = True
+        srv.service.source = source
+        subs = [await srv.connect() for _ in range(3)]
+        await subs[0].stream("/sse?channel=busy&channel=quiet")
+        await subs[1].stream("/sse?channel=busy")
+        await subs[2].stream("/sse?pattern=b*")
+        await until(lambda: srv.hub.subscriber_count("busy") == 2)
+        for n in range(6):
+            row(srv.hub, "busy", n=n)
+        row(srv.hub, "quiet", n=0)
+        row(srv.hub, "nobody", n=0)
+        for sub, count in zip(subs, (7, 6, 6), strict=True):
+            await sub.events(count)
+        client = await srv.connect()
+        status, headers, body = await client.get("/stats")
+        assert status == 200 and headers["content-type"] == "application/json"
+        stats = orjson.loads(body)
+        _, _, text = await client.get("/metrics")
+        metrics = metric_samples(text.decode())
+
+        assert stats["events"] == metrics[("tidings_events_published_total", ())] == 8
+        # 6 busy events to 2 exact + 1 pattern subscriber, 1 quiet event to 1
+        assert stats["deliveries"] == metrics[("tidings_events_delivered_total", ())] == 19
+        assert stats["subscriptions"] == metrics[("tidings_subscriptions", ())] == 3
+        assert stats["channels"] == 2 and stats["patterns"] == 1
+        for protocol, open_now in stats["connections"].items():
+            assert metrics[("tidings_connections", (("protocol", protocol),))] == open_now
+        assert stats["connections"] == {"http": 1, "sse": 3, "websocket": 0}
+        assert stats["bytes_out"]["http"] > 19 * 50 and stats["bytes_out"]["websocket"] == 0
+        assert stats["slow_consumers_cut"] == {"http": 0, "websocket": 0}
+        assert stats["last_id"] == srv.hub.next_id - 1
+        assert stats["binlog"] == {
+            "connected": True,
+            "file": "mariadb-bin.000002",
+            "pos": 1234,
+            "gtid": "0-1-57",
+            "lag_seconds": 0.0,
+            "events": 10,
+            "bytes": 1234,
+            "transactions": 0,
+            "reconnects": 1,
+            "last_error": "connection refused",
+        }
+        assert stats["busiest"] == [
+            {"channel": "busy", "events": 6, "subscribers": 2},
+            {"channel": "quiet", "events": 1, "subscribers": 1},
+            {"channel": "nobody", "events": 1, "subscribers": 0},
+        ]
+        assert stats["uptime_seconds"] > 0 and stats["event_loop_lag_seconds"] >= 0
+        source.connected = False
+        _, _, body = await client.get("/stats")
+        binlog = orjson.loads(body)["binlog"]
+        assert (binlog["connected"], binlog["lag_seconds"]) == (False, None)
+
+
+async def test_stats_without_a_source_and_bounded_busiest(server: Server) -> None:
+    for n in range(15):
+        for _ in range(n):
+            row(server.hub, f"c{n}", n=n)
+    stats = server.service.stats_report(busiest=10)
+    assert stats["binlog"] is None
+    assert [c["channel"] for c in stats["busiest"]] == [f"c{n}" for n in range(14, 4, -1)]
+
+
+async def test_the_dashboard_is_three_files_of_our_own(server: Server) -> None:
+    client = await server.connect()
+    status, headers, page = await client.get("/")
+    assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
+    csp = headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp
+    assert "connect-src 'self'" in csp and headers["x-content-type-options"] == "nosniff"
+    assert b'<script src="dashboard.js" defer></script>' in page
+    assert b'<link rel="stylesheet" href="dashboard.css">' in page
+    files = {"page": page}
+    for path, kind in (("/dashboard.js", "text/javascript"), ("/dashboard.css", "text/css")):
+        status, headers, body = await client.get(path)
+        assert status == 200 and headers["content-type"].startswith(kind), headers
+        files[path] = body
+    # nothing from elsewhere: no CDN, no web font, no inline script or style
+    for name, body in files.items():
+        assert b"http://" not in body and b"https://" not in body and b"//cdn" not in body, name
+    assert b"<script>" not in page and b"<style" not in page and b" style=" not in page
+    for element_id in (b"events-rate", b"deliveries-rate", b"chart-events", b"busiest",
+                       b"binlog-position", b"binlog-lag", b"connections", b"tail-log"):  # fmt: skip
+        assert b'id="' + element_id + b'"' in page, element_id
+    client.send(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n")
+    head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    assert head.startswith(b"HTTP/1.1 200") and f"Content-Length: {len(page)}".encode() in head

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import socket
 import struct
@@ -26,6 +27,7 @@ from tidings.hub import Hub
 from tidings.wire.resp import encode_command
 from tidings.wire.resp_server import (
     MESSAGE_RESP2,
+    PUBLISH_PIPELINE,
     RespConnection,
     RespService,
     RespSettings,
@@ -723,3 +725,64 @@ async def test_cut_subscriber_is_told_why_when_the_stream_allows() -> None:
         assert server.service.slow_consumers_cut == 1
     finally:
         await server.service.close()
+
+
+# -- PUBLISH through a publisher (the outbox table, or the reader of --workers) -------------------
+async def test_pipelined_publishes_go_on_together_and_reply_in_order(srv: Server) -> None:
+    pending: list[tuple[str, bytes, asyncio.Future[int]]] = []
+
+    async def publisher(channel: str, payload: bytes) -> int:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        pending.append((channel, payload, future))
+        return await future
+
+    srv.service.publisher = publisher
+    c = await Client.connect(srv.port)
+    c.send_raw(
+        encode_command("PUBLISH", "a", "1")
+        + encode_command("PUBLISH", "b", "2")
+        + encode_command("PING")
+        + encode_command("PUBLISH", "a", "3")
+    )
+    await until(lambda: len(pending) == 2)  # both at once; the PING waits for their replies
+    pending[1][2].set_result(7)  # the second is done first: its reply waits for the first's
+    with pytest.raises(TimeoutError):  # no reply yet
+        await asyncio.wait_for(c.reader.read(1), 0.05)
+    assert len(pending) == 2
+    pending[0][2].set_exception(ValueError("channel name too long"))
+    await c.expect(b"-ERR channel name too long\r\n:7\r\n+PONG\r\n")
+    await until(lambda: len(pending) == 3)
+    assert [(ch, p) for ch, p, _ in pending] == [("a", b"1"), ("b", b"2"), ("a", b"3")]
+    pending[2][2].set_exception(RuntimeError("the database is gone"))
+    await c.expect(b"-ERR PUBLISH failed: the database is gone\r\n")
+    c.close()
+
+
+async def test_a_pipeline_longer_than_the_limit_waits_for_replies_without_losing_any(
+    srv: Server,
+) -> None:
+    calls = 0
+
+    async def publisher(channel: str, payload: bytes) -> int:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.001)
+        return int(payload)
+
+    srv.service.publisher = publisher
+    c = await Client.connect(srv.port)
+    count = PUBLISH_PIPELINE * 2 + 5
+    c.send_raw(b"".join(encode_command("PUBLISH", "a", str(n)) for n in range(count)))
+    await c.expect(b"".join(b":%d\r\n" % n for n in range(count)))
+    assert calls == count
+    c.close()
+
+
+async def test_info_names_the_process_and_its_worker_number(srv: Server) -> None:
+    client = redis.asyncio.Redis(port=srv.port)
+    info = await client.info()
+    assert info["redis_version"] == "7.0.0" and info["process_id"] == os.getpid()
+    assert info["tidings_worker"] == 0 and info["connected_clients"] == 1
+    srv.service.worker = 3
+    assert (await client.info("server"))["tidings_worker"] == 3
+    await client.aclose()

@@ -20,9 +20,11 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from tidings.config import Settings
 from tidings.event import Event
 from tidings.hub import Hub
 from tidings.wire import websocket as ws
+from tidings.wire.origins import ANY, Origins
 from tidings.wire.ws_session import TEXT_FRAME, WsService, WsSettings, accept
 
 TIMEOUT = 10
@@ -211,7 +213,7 @@ async def test_ping_unsubscribe_and_errors_keep_the_connection_up(srv: Server) -
         assert (await recv_json(client))["op"] == "error"
         assert (await request(client, op="dance")) == {
             "op": "error",
-            "message": "unknown op 'dance': use subscribe, unsubscribe or ping",
+            "message": "unknown op 'dance': use subscribe, unsubscribe, ping or auth",
         }
         await client.send("[1, 2]")
         assert (await recv_json(client))["op"] == "error"
@@ -431,3 +433,59 @@ async def test_shutdown_closes_clients_with_1001(srv: Server) -> None:
         with pytest.raises(websockets.ConnectionClosed):
             await asyncio.wait_for(client.recv(), TIMEOUT)
         assert client.close_code == 1001
+
+
+# -- the Origin allow-list ---------------------------------------------------------------------
+async def handshake(port: int, **headers: str) -> bytes:
+    """A raw handshake; the whole answer when it is refused, else the 101 head."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    fields = {
+        "Host": "localhost",
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+        "Sec-WebSocket-Version": "13",
+        **headers,
+    }
+    head = "GET /ws HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+    writer.write(head.encode() + b"\r\n")
+    answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    if not answer.startswith(b"HTTP/1.1 101 "):
+        answer += await asyncio.wait_for(reader.read(), TIMEOUT)
+    writer.close()
+    return answer
+
+
+async def test_an_origin_not_on_the_list_is_refused_with_403() -> None:
+    srv = await serve(origins=Origins.parse("https://app.example, http://localhost:*"))
+    try:
+        answer = await handshake(srv.port, Origin="https://evil.example")
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 403 Forbidden\r\n") and b"Connection: close" in head
+        assert body == (
+            b"origin 'https://evil.example' may not open a WebSocket here: "
+            b"add it to the daemon's --origins setting\n"
+        )
+        assert srv.service.stats.handshakes_refused == 1 and not srv.service.connections
+        for origin in ("https://app.example", "http://localhost:5173"):
+            assert (await handshake(srv.port, Origin=origin)).startswith(b"HTTP/1.1 101 ")
+        # no Origin: not a page's script (a service, a CLI); never refused for it
+        async with connect(srv.url) as client:
+            assert await request(client, op="ping") == {"op": "pong"}
+        assert srv.service.stats.handshakes_refused == 1
+    finally:
+        srv.service.close_clients()
+        srv.server.close()
+
+
+async def test_any_origin_by_default_and_the_setting_reaches_the_session() -> None:
+    srv = await serve()
+    try:
+        answer = await handshake(srv.port, Origin="null")
+        assert answer.startswith(b"HTTP/1.1 101 ")
+    finally:
+        srv.service.close_clients()
+        srv.server.close()
+    assert WsSettings.from_settings(Settings()).origins == ANY
+    listed = WsSettings.from_settings(Settings(origins="https://a.example")).origins
+    assert listed.allows("https://a.example") and not listed.allows("https://b.example")

@@ -20,6 +20,10 @@ from tidings.wire.ws_messages import Command, MessageError, parse_message
         # unsubscribing checks no filter: whatever name was subscribed can be left
         (b'{"op":"unsubscribe","channel":"a.b?bad"}', Command("unsubscribe", "a.b?bad")),
         (b' {"channel":"a.b","op":"unsubscribe","extra":[1]} ', Command("unsubscribe", "a.b")),
+        # the token is the session's to check (the answer depends on the server's secret)
+        (b'{"op":"auth","token":"abc.def.ghi"}', Command("auth", token="abc.def.ghi")),
+        (b'{"op":"auth","token":[1]}', Command("auth", token=[1])),
+        (b'{"op":"auth"}', Command("auth")),
     ],
 )  # fmt: skip
 def test_valid_messages(data: bytes, command: Command) -> None:
@@ -33,10 +37,10 @@ def test_valid_messages(data: bytes, command: Command) -> None:
                                               "send JSON in text messages"}),
         (b"[1, 2]", True, {"message": 'expected a JSON object such as '
                                       '{"op":"subscribe","channel":"db.table"}'}),
-        (b'{"op":"dance"}', True, {"message": "unknown op 'dance': use subscribe, unsubscribe "
-                                              "or ping"}),
-        (b'{"op":["ping"]}', True, {"message": "unknown op ['ping']: use subscribe, unsubscribe "
-                                               "or ping"}),
+        (b'{"op":"dance"}', True, {"message": "unknown op 'dance': use subscribe, unsubscribe, "
+                                              "ping or auth"}),
+        (b'{"op":["ping"]}', True, {"message": "unknown op ['ping']: use subscribe, "
+                                               "unsubscribe, ping or auth"}),
         (b'{"op":"subscribe"}', True, {"message": '"channel" must be a non-empty string such '
                                                   'as "shop.orders"'}),
         (b'{"op":"unsubscribe","channel":""}', True, {"message": '"channel" must be a '

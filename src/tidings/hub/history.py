@@ -37,7 +37,15 @@ from dataclasses import dataclass
 
 from tidings.event import Event
 
-__all__ = ["EVENT_OVERHEAD", "MAX_EMPTY", "ChannelLog", "History", "HistoryLimits", "event_size"]
+__all__ = [
+    "EVENT_OVERHEAD",
+    "MAX_EMPTY",
+    "ChannelLog",
+    "History",
+    "HistoryLimits",
+    "HistoryState",
+    "event_size",
+]
 
 #: bytes per stored event besides body and frame: Event, frames dict, list slots (measured:
 #: 922 bytes of Python objects per 255-byte row event with its RESP frame, accounted 921)
@@ -83,14 +91,33 @@ class HistoryLimits:
         return not (self.events and self.bytes and self.channel_events and self.channel_bytes)
 
 
+@dataclass(slots=True)
+class HistoryState:
+    """What a `History` knows besides its events: enough for another process to hold
+    the same history (`History.export` / `History.restore`; see tidings.feed)."""
+
+    start: int | None
+    last_id: int
+    evicted_max: int
+    forgotten_upto: int
+    #: every channel log (empty ones included) -> its `evicted_upto`, in the dict's order
+    channels: dict[str, int]
+    #: the channels whose log is empty, oldest first (the order they are forgotten in)
+    empty: list[str]
+    #: every channel log -> events it ever appended (status pages)
+    appended: dict[str, int]
+
+
 class ChannelLog:
     """One channel's retained events (a list with a head index) and what it has lost."""
 
-    __slots__ = ("count", "events", "evicted_upto", "head", "size")
+    __slots__ = ("appended", "count", "events", "evicted_upto", "head", "size")
 
     def __init__(self, evicted_upto: int) -> None:
         self.events: list[Event] = []
         self.head = 0
+        #: events ever appended while this log existed (for status pages: busiest channels)
+        self.appended = 0
         #: retained events (len(events) - head) and their accounted bytes
         self.count = 0
         self.size = 0
@@ -174,6 +201,7 @@ class History:
         elif not log.count:
             del self._empty[channel]
         log.events.append(event)
+        log.appended += 1
         log.count += 1
         log.size += size
         self._log.append(event)
@@ -245,6 +273,46 @@ class History:
     def _alive(self, event: Event) -> bool:
         log = self.channels.get(event.channel)
         return log is not None and event.id > log.evicted_upto
+
+    # -- copying to another process -------------------------------------------------------------
+    def export(self) -> tuple[HistoryState, list[Event]]:
+        """This history's state and retained events (id order): `restore` rebuilds it."""
+        state = HistoryState(
+            start=self.start,
+            last_id=self.last_id,
+            evicted_max=self.evicted_max,
+            forgotten_upto=self.forgotten_upto,
+            channels={name: log.evicted_upto for name, log in self.channels.items()},
+            empty=list(self._empty),
+            appended={name: log.appended for name, log in self.channels.items()},
+        )
+        return state, list(self.after(0))
+
+    def restore(self, state: HistoryState, events: list[Event]) -> None:
+        """Become the history `export` described: same events, same losses, so resumes,
+        gaps and later evictions come out the same as in the original."""
+        self._log = []
+        self._head = self._dead = self.count = self.size = 0
+        self.channels = {name: ChannelLog(upto) for name, upto in state.channels.items()}
+        for event in events:
+            event.record = None
+            log = self.channels.get(event.channel)
+            if log is None or event.id <= log.evicted_upto:
+                raise ValueError(f"event {event.id} on {event.channel!r} is not retained there")
+            size = event_size(event)
+            log.events.append(event)
+            log.count += 1
+            log.size += size
+            self._log.append(event)
+            self.count += 1
+            self.size += size
+        for name, appended in state.appended.items():
+            self.channels[name].appended = appended
+        self._empty = dict.fromkeys(state.empty)
+        self.start = state.start
+        self.last_id = state.last_id
+        self.evicted_max = state.evicted_max
+        self.forgotten_upto = state.forgotten_upto
 
     # -- reading -----------------------------------------------------------------------------
     def unknown_upto(self, next_id: int) -> int:

@@ -50,6 +50,7 @@ class Hub:
         "_filtered",
         "_matching",
         "_patterns",
+        "delivered",
         "epoch",
         "history",
         "marks",
@@ -77,7 +78,9 @@ class Hub:
         self.next_id = first_id
         #: first id of the current epoch (see docs/topics/delivery.md); set with next_id
         self.epoch = first_id
+        #: live events dispatched, and deliveries made (one per event per subscriber)
         self.published = 0
+        self.delivered = 0
         #: recent events, for resume (bounded; see tidings.hub.history)
         self.history = History(
             HistoryLimits(
@@ -159,11 +162,15 @@ class Hub:
         return len(self._patterns)
 
     # -- fan-out ---------------------------------------------------------------------------
-    def publish(self, channel: str, body: bytes, *, live: bool = True) -> int:
+    def publish(
+        self, channel: str, body: bytes, *, live: bool = True, ref: int | None = None
+    ) -> int:
         """Deliver `body` on `channel` as-is; return the number of receivers.
 
         With `live=False` the event only takes its id (and its place in history):
-        used while re-reading old binlog at start-up.
+        used while re-reading old binlog at start-up. `ref` is the publishing
+        client's reference (tidings.source.notify); only a hub that feeds other
+        hubs uses it (tidings.feed.FeedHub), so that the one holding the client replies.
         """
         event = Event(self._take_id(), channel, body)
         receivers = self.dispatch(event) if live else 0
@@ -181,6 +188,16 @@ class Hub:
             self.dispatch(event)
         self.history.append(event)
         return event
+
+    def apply(self, event: Event, *, live: bool = True) -> int:
+        """Publish an event whose id was given elsewhere (a hub fed from an event feed,
+        tidings.feed): it must be the id this hub expects next. Returns the receivers."""
+        if event.id != self.next_id:
+            raise ValueError(f"event id {event.id} from the feed, expected {self.next_id}")
+        self.next_id = event.id + 1
+        receivers = self.dispatch(event) if live else 0
+        self.history.append(event)
+        return receivers
 
     # -- resume ----------------------------------------------------------------------------
     def resume(
@@ -236,6 +253,7 @@ class Hub:
                 receivers += len(psubs)
                 for sub in tuple(psubs):
                     sub.deliver(event, pattern)
+        self.delivered += receivers
         return receivers
 
     def _dispatch_filtered(self, event: Event, filtered: dict[str, FilteredChannel]) -> int:

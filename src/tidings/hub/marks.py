@@ -110,6 +110,13 @@ class Marks:
         if self._waiters:
             self._wake()
 
+    def export(self) -> list[tuple[Position, int]]:
+        """The (position, next id) pairs that `add`, in order, rebuilds these marks from."""
+        pairs = list(zip(self._positions, self._ids, strict=True))
+        if self.reached is not None and (not pairs or pairs[-1][0] != self.reached):
+            pairs.append((self.reached, self.reached_id))
+        return pairs
+
     def passed(self, position: Position) -> bool:
         """Whether the stream has reached `position` (or gone past it)."""
         return self.reached is not None and _not_after(position, self.reached)

@@ -291,6 +291,11 @@ class Outbox:
         if future is not None and not future.done():
             future.set_exception(exc)
 
+    def fail_all(self, exc: BaseException) -> None:
+        """Every waiter gets `exc` (the rows can no longer be seen: the feed is gone)."""
+        for ref in list(self._waiters):
+            self.fail(ref, exc)
+
     def seen(self, ref: int | None, receivers: int) -> None:
         """The publish mapping went past an outbox row; resolve whoever waits for it."""
         self.inserts_seen += 1

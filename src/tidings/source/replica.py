@@ -382,6 +382,8 @@ class Replica:
             self._drop(conn)
             raise
         self.connected = True
+        # hearing nothing yet is silence since now, not since the epoch of the clock
+        self.last_event_time = time.monotonic()
         return conn
 
     async def _check_server(self, conn: MySQLConnection) -> None:

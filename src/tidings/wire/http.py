@@ -39,6 +39,7 @@ __all__ = [
     "response",
     "sse_comment",
     "sse_event",
+    "sse_head",
 ]
 
 #: longest request line (method, target, version), as most servers (8 KiB)
@@ -55,13 +56,16 @@ REASONS: Final = {
     200: "OK",
     204: "No Content",
     400: "Bad Request",
+    401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     411: "Length Required",
     413: "Content Too Large",
     414: "URI Too Long",
     415: "Unsupported Media Type",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     501: "Not Implemented",
@@ -280,13 +284,11 @@ def response(
     keep_alive: bool = True,
     headers: tuple[tuple[str, str], ...] = (),
 ) -> bytes:
-    """A complete response with a Content-Length."""
-    lines = [
-        f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-        "Cache-Control: no-store",
-    ]
+    """A complete response with a Content-Length (204: without body or length)."""
+    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}"]
+    if status != 204:
+        lines += (f"Content-Type: {content_type}", f"Content-Length: {len(body)}")
+    lines.append("Cache-Control: no-store")
     if not keep_alive:
         lines.append("Connection: close")
     lines += [f"{name}: {value}" for name, value in headers]
@@ -310,15 +312,20 @@ def error_response(status: int, message: str, *, keep_alive: bool = False) -> by
 
 
 # -- Server-Sent Events (HTML Living Standard, 9.2) ---------------------------------------------
-SSE_HEAD: Final = (
-    b"HTTP/1.1 200 OK\r\n"
-    b"Content-Type: text/event-stream; charset=utf-8\r\n"
-    b"Cache-Control: no-store\r\n"
-    # nginx buffers proxied responses by default; this header turns that off for the stream
-    b"X-Accel-Buffering: no\r\n"
-    b"Connection: close\r\n"
-    b"\r\n"
-)
+def sse_head(headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """The response head that starts an event stream, with extra `headers` (e.g. CORS)."""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return (
+        b"HTTP/1.1 200 OK\r\n"
+        b"Content-Type: text/event-stream; charset=utf-8\r\n"
+        b"Cache-Control: no-store\r\n"
+        # nginx buffers proxied responses by default; this header turns that off for the stream
+        b"X-Accel-Buffering: no\r\n"
+        b"Connection: close\r\n" + extra.encode("latin-1") + b"\r\n"
+    )
+
+
+SSE_HEAD: Final = sse_head()
 
 _LINES: Final = re.compile(rb"\r\n|\r|\n")
 

@@ -26,32 +26,55 @@ saying why.
 `GET /ws` with `Upgrade: websocket` is handed to `tidings.wire.ws_session.accept`:
 see `HttpConnection._websocket`.
 
+With an auth secret (tidings.wire.access), a stream needs a token (`Authorization:
+Bearer T` or `?token=T`: 401 with `WWW-Authenticate: Bearer` without a valid one, 403
+for a channel or pattern it does not allow) and ends, after a comment saying so, when
+the token expires. Routes flagged `admin` in `ROUTES` need an admin token, unless the
+listener is bound to loopback addresses only (`HttpService.admin_open`): that flag is
+the one place that decides.
+
+Browsers: every answer carries the CORS headers the `origins` allow-list gives for
+the request's `Origin` (tidings.wire.origins), and `OPTIONS` on a route answers a
+preflight. `GET /` serves the dashboard, three files of package data
+(tidings/wire/dashboard/) that poll `GET /stats`.
+
 `HttpService` is the listening side: settings, open connections, counters, the
 output `Flusher`, the event-loop lag probe and the binlog lag estimate behind
-`/healthz` and `/metrics`.
+`/healthz`. `readings()` takes every counter at once; `/metrics` (Prometheus text)
+and `/stats` (JSON) are both written from it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import heapq
+import ipaddress
 import itertools
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, cast
+from importlib import resources
+from ssl import SSLContext
+from typing import Any, Final, NamedTuple, Protocol, cast
 
 import orjson
 
+from tidings.auth import Grant
 from tidings.event import Event
 from tidings.hub import Hub, Replay, ResumeError
 from tidings.hub.filtering import split
 from tidings.hub.filters import FilterError
 from tidings.hub.resume import check_since
+from tidings.source.changes import Position
 from tidings.wire import http, ws_session
+from tidings.wire.access import REALM, AuthError, Authority, bearer_token, uncovered
 from tidings.wire.http import HttpError, Request, RequestParser
+from tidings.wire.limits import Admission, Clock, peer_host
+from tidings.wire.origins import ANY, Origins
 from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
 from tidings.wire.replay_queue import ReplayQueue
 
@@ -61,6 +84,7 @@ __all__ = [
     "HttpService",
     "HttpSettings",
     "HttpStats",
+    "Readings",
     "SourceStatus",
     "sse_frame",
 ]
@@ -74,6 +98,9 @@ _FAREWELL: Final = http.sse_comment(
     "disconnected: output limit reached: too much output was pending for this stream "
     "(it read too slowly, or one event was larger than the limit)"
 )
+_EXPIRED: Final = http.sse_comment(
+    "disconnected: the token expired (reconnect with a fresh token and Last-Event-ID or since=)"
+)
 
 #: sends a client's publish on its way; returns the number of receivers (as RESP's)
 Publisher = Callable[[str, bytes], Awaitable[int]]
@@ -83,6 +110,8 @@ class SourceStatus(Protocol):
     """What health and metrics read from the binlog source (tidings.source.replica.Replica)."""
 
     connected: bool
+    #: where the stream is: after the last transaction read (None before the first connection)
+    position: Position | None
     #: time.monotonic() of the last event received, heartbeats included
     last_event_time: float
     #: commit time (epoch seconds) of the last transaction read
@@ -109,8 +138,50 @@ class HttpSettings:
     health_max_lag: float = 10.0
     #: largest POST /publish body
     max_publish: int = 64 * 1024
+    #: pages allowed to read answers cross-origin (CORS) and to open WebSockets
+    origins: Origins = ANY
+    #: channels and patterns one stream may name
+    max_subscriptions: int = 10_000
     max_line: int = http.MAX_LINE
     max_headers: int = http.MAX_HEADERS
+    #: signs client tokens; None: no authentication (tidings.wire.access)
+    auth_secret: bytes | None = field(default=None, repr=False)
+    #: with a secret, admin routes need no token while every listening socket is loopback
+    admin_open_on_loopback: bool = True
+
+
+@dataclass(slots=True)
+class Readings:
+    """One reading of the service's counters (see `HttpService.readings`)."""
+
+    #: open connections and connections accepted, by protocol
+    connections: dict[str, int]
+    opened: dict[str, int]
+    #: subscribed channel -> subscribers
+    channels: dict[str, int]
+    patterns: int
+    #: hub: live events published, deliveries made (all protocols)
+    published: int
+    delivered: int
+    sse_deliveries: int
+    #: by protocol
+    bytes_out: dict[str, int]
+    slow_consumers_cut: dict[str, int]
+    #: HTTP status -> responses
+    responses: dict[int, int]
+    #: largest event-loop delay lately (seconds)
+    loop_lag: float
+    #: with a source configured: it (None until it exists), and the lag (None: disconnected)
+    source: SourceStatus | None = None
+    lag: float | None = None
+
+    @property
+    def subscriptions(self) -> int:
+        return sum(self.channels.values())
+
+    @property
+    def connected(self) -> bool:
+        return self.source is not None and self.source.connected
 
 
 @dataclass(slots=True)
@@ -124,6 +195,8 @@ class HttpStats:
     responses: dict[int, int] = field(default_factory=dict)
     #: SSE events queued (one per event per stream)
     deliveries: int = 0
+    #: connections closed because a request did not arrive within request_timeout
+    request_timeouts: int = 0
 
 
 # -- SSE frames ---------------------------------------------------------------------------------
@@ -149,14 +222,21 @@ def sse_frame(event: Event) -> bytes:
     return http.sse_event(event.id, event_type(event), event.body)
 
 
-def sse_targets(request: Request, next_id: int) -> tuple[list[str], list[str], int | None]:
+def sse_targets(
+    request: Request, next_id: int, max_subscriptions: int
+) -> tuple[list[str], list[str], int | None]:
     """The channels, patterns and resume id (or None) a GET /sse asks for: `channel=` and
-    `pattern=` (repeatable), then `Last-Event-ID` or `since=`. HttpError 400 if invalid."""
+    `pattern=` (repeatable), then `Last-Event-ID` or `since=`. HttpError 400 if invalid.
+    (Whether a token allows them is checked after.)"""
     query = request.query
     channels = list(dict.fromkeys(query.get("channel", ())))
     patterns = list(dict.fromkeys(query.get("pattern", ())))
     if not channels and not patterns:
         raise HttpError(400, "name at least one channel=... or pattern=...")
+    if len(channels) + len(patterns) > max_subscriptions:
+        raise HttpError(
+            400, f"too many channels and patterns (max_subscriptions={max_subscriptions})"
+        )
     for name in channels:
         try:
             split(name)
@@ -183,6 +263,8 @@ class HttpConnection(asyncio.Protocol):
 
     __slots__ = (
         "_closed",
+        "_expiry",
+        "_host",
         "_read_paused",
         "_replays",
         "_waiting",
@@ -196,6 +278,7 @@ class HttpConnection(asyncio.Protocol):
         "peer",
         "service",
         "settings",
+        "since",
         "sse",
         "transport",
     )
@@ -220,6 +303,12 @@ class HttpConnection(asyncio.Protocol):
         self._closed = False
         self._read_paused = False
         self._waiting: asyncio.Future[None] | None = None
+        #: the address counted by the service's Admission (None: not admitted)
+        self._host: str | None = None
+        #: since when the next request is awaited (coarse clock), for request_timeout
+        self.since = service.clock.now
+        #: a stream's token expiry timer (with an auth secret)
+        self._expiry: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"<HttpConnection id={self.id} addr={self.peer}>"
@@ -254,6 +343,15 @@ class HttpConnection(asyncio.Protocol):
         #: the SSE stream's resume, if it was asked for one (a queue of at most one)
         self._replays = ReplayQueue(self.outbox, self.service.flusher)
         self.service.connections[self] = None
+        host = peer_host(transport)
+        admission = self.service.admission
+        refused = admission.enter(host)
+        if refused is not None:
+            log.info("http addr=%s refused: %s", self.peer, refused)
+            status = 503 if refused == "max_clients" else 429
+            self.respond_error(status, admission.refusal(refused, host), keep_alive=False)
+        else:
+            self._host = host
 
     def data_received(self, data: bytes) -> None:
         if self._closed or self.sse:
@@ -282,12 +380,19 @@ class HttpConnection(asyncio.Protocol):
         if self._waiting is not None:
             self._waiting.cancel()
         self.service._forget(self)
+        self._release()
 
-    def close(self) -> None:
-        """Send what is queued, then close."""
+    def _release(self) -> None:
+        """Give back this connection's place in the service's Admission."""
+        if self._host is not None:
+            self.service.admission.leave(self._host)
+            self._host = None
+
+    def close(self, last_words: bytes = b"") -> None:
+        """Send what is queued (and, on an event stream, `last_words`), then close."""
         if not self._closed:
             self._closed = True
-            self.outbox.close()
+            self.outbox.close(last_words=last_words if self.sse else b"")
             self._leave()
 
     def _leave(self) -> None:
@@ -302,6 +407,19 @@ class HttpConnection(asyncio.Protocol):
         self.channels = []
         self.patterns = []
         self.service.streams.pop(self, None)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
+    def _token_expired(self) -> None:
+        """The stream's token expired: leave the hub, say why, close."""
+        self._expiry = None
+        if self._closed:
+            return
+        log.info("http id=%d addr=%s: token expired; closing the stream", self.id, self.peer)
+        self._leave()
+        self._write(_EXPIRED)
+        self.outbox.close()
 
     # -- requests ---------------------------------------------------------------------------------
     def _serve(self) -> None:
@@ -326,6 +444,7 @@ class HttpConnection(asyncio.Protocol):
                 log.exception("http id=%d addr=%s: request failed", self.id, self.peer)
                 self.respond_error(500, "internal error", keep_alive=False)
                 return
+            self.since = self.service.clock.now
         # a client that pipelines faster than it reads waits for the kernel; one whose
         # request awaits its answer sends nothing more meanwhile (bounded buffering)
         paused = self.outbox.paused or self._waiting is not None
@@ -334,11 +453,18 @@ class HttpConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _route(self, request: Request) -> None:
-        methods = ROUTES.get(request.path)
-        if methods is None:
-            self.respond_error(404, f"no such resource: {request.path}", keep_alive=True)
+        route = ROUTES.get(request.path)
+        if route is None:
+            self._error(request, 404, f"no such resource: {request.path}")
             return
+        methods = route.methods
         handler = methods.get(request.method)
+        if handler is None and request.method == "OPTIONS":
+            # a browser's CORS preflight carries no token: answered before the admin check
+            self._preflight(request, ", ".join(methods))
+            return
+        if route.admin and not self._admin(request):
+            return
         if handler is None and request.method == "HEAD" and request.path not in _NO_HEAD:
             handler = methods.get("GET")
         if handler is None:
@@ -359,6 +485,7 @@ class HttpConnection(asyncio.Protocol):
         stats = self.service.stats.responses
         stats[status] = stats.get(status, 0) + 1
         keep = request.keep_alive
+        headers += self.settings.origins.cors_headers(request.headers.get("origin"))
         if request.method == "HEAD":
             data = http.response(status, body, content_type, keep_alive=keep, headers=headers)
             data = data[: len(data) - len(body)]
@@ -375,9 +502,67 @@ class HttpConnection(asyncio.Protocol):
         if not keep_alive:
             self.close()
 
-    def _error(self, request: Request, status: int, message: str) -> None:
+    def _error(
+        self,
+        request: Request,
+        status: int,
+        message: str,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         body = orjson.dumps({"error": message, "status": status})
-        self.respond(status, body, request)
+        self.respond(status, body, request, headers=headers)
+
+    # -- tokens (with an auth secret) -------------------------------------------------------------
+    def _deny(self, request: Request, status: int, message: str, error: str | None) -> None:
+        """401 (no or a bad token) or 403 (not allowed), with RFC 6750's challenge."""
+        challenge = f'Bearer realm="{REALM}"'
+        if error is not None:
+            text = message.replace("\\", "/").replace('"', "'")
+            challenge += f', error="{error}", error_description="{text}"'
+        self._error(request, status, message, headers=(("WWW-Authenticate", challenge),))
+
+    def _grant(self, request: Request, auth: Authority, need: str) -> Grant | None:
+        """The request's token's grant, or None after answering 401."""
+        try:
+            token = bearer_token(request.headers, request.query)
+            if token is None:
+                self._deny(
+                    request,
+                    401,
+                    f"{need}: send 'Authorization: Bearer <token>' or add ?token=<token>",
+                    None,
+                )
+                return None
+            return auth.verify(token, peer_host(self.transport))
+        except AuthError as exc:
+            log.info("http id=%d addr=%s: token refused: %s", self.id, self.peer, exc)
+            self._deny(request, 401, f"invalid token: {exc}", "invalid_token")
+            return None
+
+    def _admin(self, request: Request) -> bool:
+        """Whether an admin route may be served; if not, the refusal is sent."""
+        service = self.service
+        auth = service.auth
+        if auth is None or service.admin_open:
+            return True
+        grant = self._grant(request, auth, f"{request.path} needs an admin token")
+        if grant is None:
+            return False
+        if not grant.admin:
+            self._deny(request, 403, f"{request.path} needs an admin token", "insufficient_scope")
+            return False
+        return True
+
+    def _preflight(self, request: Request, methods: str) -> None:
+        """OPTIONS: a browser asks whether a page of another origin may call this route."""
+        origin = request.headers.get("origin")
+        headers: tuple[tuple[str, str], ...] = (("Allow", f"{methods}, OPTIONS"),)
+        if origin is not None:  # else not a preflight: just say what the route takes
+            if not self.settings.origins.allows(origin):
+                self._error(request, 403, f"origin {origin!r} is not allowed here (see --origins)")
+                return
+            headers += Origins.preflight_headers(methods)
+        self.respond(204, b"", request, headers=headers)  # adds the CORS headers
 
     # -- handlers, one per route ------------------------------------------------------------------
     def get_healthz(self, request: Request) -> None:
@@ -393,6 +578,15 @@ class HttpConnection(asyncio.Protocol):
     def get_metrics(self, request: Request) -> None:
         text = self.service.metrics().encode()
         self.respond(200, text, request, "text/plain; version=0.0.4; charset=utf-8")
+
+    def get_stats(self, request: Request) -> None:
+        self.respond(200, orjson.dumps(self.service.stats_report()), request)
+
+    def get_dashboard(self, request: Request) -> None:
+        """The dashboard page and its two files (package data, no build step)."""
+        name = _DASHBOARD_FILES[request.path]
+        headers = _DASHBOARD_HEADERS if name == "index.html" else _NOSNIFF
+        self.respond(200, dashboard_file(name), request, _CONTENT_TYPES[name], headers)
 
     def post_publish(self, request: Request) -> None:
         if not self.settings.allow_publish:
@@ -448,10 +642,22 @@ class HttpConnection(asyncio.Protocol):
 
     def get_sse(self, request: Request) -> None:
         try:
-            channels, patterns, since = sse_targets(request, self.hub.next_id)
+            channels, patterns, since = sse_targets(
+                request, self.hub.next_id, self.settings.max_subscriptions
+            )
         except HttpError as exc:
             self._error(request, exc.status, exc.message)
             return
+        auth = self.service.auth
+        grant = None
+        if auth is not None:
+            grant = self._grant(request, auth, "a stream needs a token")
+            if grant is None:
+                return
+            refused = uncovered(grant, channels, patterns)
+            if refused is not None:
+                self._deny(request, 403, refused, "insufficient_scope")
+                return
         self.sse = True
         self.service.stats.sse_total += 1
         self.service.streams[self] = None
@@ -459,16 +665,20 @@ class HttpConnection(asyncio.Protocol):
         self.channels, self.patterns = channels, patterns
         stats = self.service.stats.responses
         stats[200] = stats.get(200, 0) + 1
+        if grant is not None:
+            assert auth is not None
+            self._expiry = auth.watch(self.service.flusher.loop, grant, self._token_expired)
         hub = self.hub
+        head = http.sse_head(self.settings.origins.cors_headers(request.headers.get("origin")))
         if since is None:
             # the id to resume from if the stream breaks before its first event
-            self._write(http.SSE_HEAD + http.sse_retry(self.settings.sse_retry_ms, hub.next_id - 1))
+            self._write(head + http.sse_retry(self.settings.sse_retry_ms, hub.next_id - 1))
             for name in channels:
                 hub.subscribe(self, name)
             for name in patterns:
                 hub.psubscribe(self, name)
             return
-        self._write(http.SSE_HEAD + http.sse_retry(self.settings.sse_retry_ms))
+        self._write(head + http.sse_retry(self.settings.sse_retry_ms))
         self._replays.add(hub.resume(self, since, channels=channels, patterns=patterns))
 
     def get_ws(self, request: Request) -> None:
@@ -495,25 +705,79 @@ class HttpConnection(asyncio.Protocol):
         self._closed = True
         self.outbox.lost()
         self.service._forget(self)
+        if isinstance(proto, ws_session.WsConnection):  # it holds our admission from now on
+            proto.on_lost = self._release
         self.transport.set_protocol(proto)
         proto.connection_made(self.transport)
         if rest:
             proto.data_received(rest)
 
 
+class Route(NamedTuple):
+    #: method -> handler
+    methods: dict[str, Handler]
+    #: with an auth secret: only for admin tokens (unless the listener is loopback-only)
+    admin: bool = False
+
+
+# -- the dashboard's files ------------------------------------------------------------------------
+_DASHBOARD_FILES: Final = {
+    "/": "index.html",
+    "/dashboard.js": "dashboard.js",
+    "/dashboard.css": "dashboard.css",
+}
+_CONTENT_TYPES: Final = {
+    "index.html": "text/html; charset=utf-8",
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+}
+_NOSNIFF: Final = (("X-Content-Type-Options", "nosniff"),)
+# the page loads only its own files and talks only to its own origin: event data that got
+# into the page as markup could not run, nor send anything elsewhere
+_DASHBOARD_HEADERS: Final = (
+    *_NOSNIFF,
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    ("Referrer-Policy", "no-referrer"),  # a ?token= in the page URL goes nowhere else
+)
+
+
+@functools.cache
+def dashboard_file(name: str) -> bytes:
+    """One of the dashboard's files, read once from the package."""
+    return (resources.files("tidings.wire") / "dashboard" / name).read_bytes()
+
+
 #: GET routes that HEAD does not mirror (they start a stream or a protocol switch)
 _NO_HEAD: Final = frozenset(("/sse", "/ws"))
 H = HttpConnection
-#: path -> method -> handler
-ROUTES: Final[dict[str, dict[str, Handler]]] = {
-    "/sse": {"GET": H.get_sse},
-    "/ws": {"GET": H.get_ws},
-    "/healthz": {"GET": H.get_healthz},
-    "/channels": {"GET": H.get_channels},
-    "/metrics": {"GET": H.get_metrics},
-    "/publish": {"POST": H.post_publish},
+#: path -> its route; /sse and /ws check tokens themselves (per channel)
+ROUTES: Final[dict[str, Route]] = {
+    "/sse": Route({"GET": H.get_sse}),
+    "/ws": Route({"GET": H.get_ws}),
+    "/healthz": Route({"GET": H.get_healthz}),  # load balancers ask without a token
+    "/channels": Route({"GET": H.get_channels}, admin=True),
+    "/metrics": Route({"GET": H.get_metrics}, admin=True),
+    "/publish": Route({"POST": H.post_publish}, admin=True),
+    "/stats": Route({"GET": H.get_stats}, admin=True),
+    # the dashboard's own files stay public: the page brings its token in its URL
+    **{path: Route({"GET": H.get_dashboard}) for path in _DASHBOARD_FILES},
 }
 del H
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a socket address (IPv4 or IPv6, maybe with a %scope) is a loopback one."""
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 # -- the listening side -------------------------------------------------------------------------
@@ -585,6 +849,7 @@ class HttpService:
         publisher: Publisher | None = None,
         has_source: bool = False,
         resp: Any = None,
+        admission: Admission | None = None,
     ) -> None:
         self.hub = hub
         self.settings = settings or HttpSettings()
@@ -595,9 +860,14 @@ class HttpService:
         self._source: SourceStatus | None = None
         #: the RESP service, whose counters /metrics reports too (tidings.wire.resp_server)
         self.resp = resp
+        #: which worker process this is (tidings.workers), reported by /healthz; None: the
+        #: only process
+        self.worker: int | None = None
         #: the WebSocket service GET /ws hands connections to (None: accept() makes one
         #: from `settings`)
         self.websocket: ws_session.WsService | None = None
+        #: with TLS: when the certificate being served expires (seconds since the epoch)
+        self.tls_expiry: Callable[[], float] | None = None
         self.connections: dict[HttpConnection, None] = {}
         #: connections that are event streams (heartbeats go to these)
         self.streams: dict[HttpConnection, None] = {}
@@ -607,7 +877,38 @@ class HttpService:
         self._heartbeat: asyncio.TimerHandle | None = None
         self._ids = itertools.count(1)
         self.servers: list[asyncio.Server] = []
+        #: time.monotonic() at creation (for /stats' uptime: rates between two readings)
+        self.started = time.monotonic()
         self._drained: asyncio.Future[None] | None = None
+        #: connection limits, shared with the RESP listener by the daemon
+        self.admission = admission or Admission()
+        self.clock = Clock(self._sweep)
+        #: with an auth secret: checks tokens; None: no authentication
+        self.auth = Authority(self.settings.auth_secret) if self.settings.auth_secret else None
+        #: every listening socket is bound to a loopback address (set by `start`)
+        self.loopback = False
+
+    def _sweep(self, now: float) -> None:
+        """Once a second: close connections whose next request has not arrived within
+        request_timeout (a request begun gets 408; a silent keep-alive is just closed)."""
+        timeout = self.admission.limits.request_timeout
+        if timeout <= 0:
+            return
+        for conn in tuple(self.connections):
+            if conn.sse or conn._closed or conn._waiting is not None:
+                continue
+            if now - conn.since > timeout:
+                self.stats.request_timeouts += 1
+                if conn.parser.buffered:
+                    message = f"request not received within {timeout:g} s"
+                    conn.respond_error(408, message, keep_alive=False)
+                else:
+                    conn.close()
+
+    @property
+    def admin_open(self) -> bool:
+        """Admin routes need no token: listening on loopback only, and allowed to."""
+        return self.loopback and self.settings.admin_open_on_loopback
 
     @property
     def source(self) -> SourceStatus | None:
@@ -641,7 +942,18 @@ class HttpService:
         self.stats.connections_total += 1
         return HttpConnection(self, next(self._ids))
 
-    async def start(self, host: str, port: int, *, backlog: int = 511) -> asyncio.Server:
+    async def start(
+        self,
+        host: str,
+        port: int,
+        *,
+        backlog: int = 511,
+        ssl: SSLContext | None = None,
+        ssl_handshake_timeout: float | None = None,
+        reuse_port: bool = False,
+    ) -> asyncio.Server:
+        """Listen on host:port; with `ssl`, HTTPS only (and wss:// for /ws: tidings.tls);
+        `reuse_port`: SO_REUSEPORT, so that worker processes share the port."""
         loop = asyncio.get_running_loop()
         self._flusher = self._flusher or Flusher(loop)
         if self._monitor is None:
@@ -650,8 +962,19 @@ class HttpService:
             self._monitor.start()
         if self._heartbeat is None and self.settings.sse_heartbeat > 0:
             self._heartbeat = loop.call_later(self.settings.sse_heartbeat, self._beat)
-        server = await loop.create_server(self.protocol, host, port, backlog=backlog)
+        server = await loop.create_server(
+            self.protocol,
+            host,
+            port,
+            backlog=backlog,
+            ssl=ssl,
+            ssl_handshake_timeout=ssl_handshake_timeout if ssl else None,
+            reuse_port=reuse_port or None,
+        )
         self.servers.append(server)
+        self.clock.start()
+        addresses = [str(sock.getsockname()[0]) for srv in self.servers for sock in srv.sockets]
+        self.loopback = bool(addresses) and all(map(is_loopback, addresses))
         return server
 
     def _beat(self) -> None:
@@ -684,6 +1007,12 @@ class HttpService:
         return max(0.0, time.time() - source.last_commit_ts)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
+        ok, body = self._health()
+        if self.worker is not None:
+            body["worker"] = self.worker
+        return ok, body
+
+    def _health(self) -> tuple[bool, dict[str, Any]]:
         if not self.has_source:
             return True, {"status": "ok", "source": None}
         source = self._source
@@ -702,82 +1031,124 @@ class HttpService:
             }
         return True, {"status": "ok", "lag_seconds": round(lag, 3)}
 
-    def metrics(self) -> str:
-        """Prometheus text exposition format 0.0.4."""
-        out = _Metrics()
-        resp = self.resp
+    def readings(self) -> Readings:
+        """Every counter at this moment: /metrics and /stats are both written from this."""
         hub = self.hub
         stats = self.stats
-        mine = self._flusher.stats if self._flusher else None
-        websocket = stats.websocket_total
-        open_http = len(self.connections) - len(self.streams)
-        conns: list[tuple[str, float]] = [("http", open_http), ("sse", len(self.streams))]
-        total: list[tuple[str, float]] = [
-            ("http", stats.connections_total - stats.sse_total),
-            ("sse", stats.sse_total),
-            ("websocket", websocket),
-        ]
+        resp = self.resp
         ws_service = self.websocket
+        mine = self._flusher.stats if self._flusher else None
+        r = Readings(
+            connections={
+                "http": len(self.connections) - len(self.streams),
+                "sse": len(self.streams),
+            },
+            opened={
+                "http": stats.connections_total - stats.sse_total,
+                "sse": stats.sse_total,
+                "websocket": stats.websocket_total,
+            },
+            channels=hub.channels(),
+            patterns=hub.pattern_count(),
+            published=hub.published,
+            delivered=hub.delivered,
+            sse_deliveries=stats.deliveries,
+            bytes_out={"http": mine.bytes_written if mine else 0},
+            slow_consumers_cut={"http": mine.slow_consumers_cut if mine else 0},
+            responses=dict(sorted(stats.responses.items())),
+            loop_lag=self._monitor.max_lag if self._monitor else 0.0,
+        )
         if ws_service is not None:
-            conns.append(("websocket", len(ws_service.connections)))
+            r.connections["websocket"] = len(ws_service.connections)
+            r.bytes_out["websocket"] = ws_service.bytes_written
+            r.slow_consumers_cut["websocket"] = ws_service.slow_consumers_cut
         if resp is not None:
-            conns.append(("resp", resp.connections_open))
-            total.append(("resp", resp.stats.connections_total))
-        out.family("tidings_connections", "gauge", "Open client connections.", "protocol", conns)
+            r.connections["resp"] = resp.connections_open
+            r.opened["resp"] = resp.stats.connections_total
+            rstats = resp.flusher.stats
+            r.bytes_out["resp"] = rstats.bytes_written
+            r.slow_consumers_cut["resp"] = rstats.slow_consumers_cut
+        if self.has_source:
+            r.source = self._source
+            r.lag = self.binlog_lag()
+        return r
+
+    def metrics(self) -> str:
+        """Prometheus text exposition format 0.0.4."""
+        r = self.readings()
+        out = _Metrics()
+        out.family("tidings_connections", "gauge", "Open client connections.", "protocol",
+                   list(r.connections.items()))  # fmt: skip
         out.family(
             "tidings_connections_opened",
             "counter",
             "Client connections accepted (an SSE or WebSocket one counts once as that).",
             "protocol",
-            total,
+            list(r.opened.items()),
         )
-        channels = hub.channels()
-        out.gauge("tidings_channels", "Channels with subscribers.", len(channels))
+        out.gauge("tidings_channels", "Channels with subscribers.", len(r.channels))
         out.gauge(
-            "tidings_subscriptions",
-            "Channel subscriptions (all protocols).",
-            sum(channels.values()),
+            "tidings_subscriptions", "Channel subscriptions (all protocols).", r.subscriptions
         )
-        out.gauge("tidings_patterns", "Distinct glob patterns subscribed.", hub.pattern_count())
-        out.counter("tidings_events_published", "Events published by the hub.", hub.published)
+        out.gauge("tidings_patterns", "Distinct glob patterns subscribed.", r.patterns)
+        out.counter("tidings_events_published", "Events published by the hub.", r.published)
+        out.counter(
+            "tidings_events_delivered",
+            "Events handed to subscribers, all protocols (one per event per subscriber).",
+            r.delivered,
+        )
         out.family(
             "tidings_deliveries",
             "counter",
             "Events queued to subscribers (one per event per subscriber).",
             "protocol",
-            [("sse", stats.deliveries)],
+            [("sse", r.sse_deliveries)],
         )
-        sent: list[tuple[str, float]] = [("http", mine.bytes_written if mine else 0)]
-        cut: list[tuple[str, float]] = [("http", mine.slow_consumers_cut if mine else 0)]
-        if resp is not None:
-            rstats = resp.flusher.stats
-            sent.append(("resp", rstats.bytes_written))
-            cut.append(("resp", rstats.slow_consumers_cut))
-        out.family("tidings_bytes_out", "counter", "Bytes written to clients.", "protocol", sent)
+        out.family("tidings_bytes_out", "counter", "Bytes written to clients.", "protocol",
+                   list(r.bytes_out.items()))  # fmt: skip
         out.family(
             "tidings_slow_consumers_cut",
             "counter",
             "Connections cut off because their pending output passed the limit.",
             "protocol",
-            cut,
+            list(r.slow_consumers_cut.items()),
+        )
+        admission = self.admission
+        out.gauge(
+            "tidings_max_clients", "Client connections allowed at once.", admission.max_clients
+        )
+        out.family(
+            "tidings_connections_refused",
+            "counter",
+            "Connections refused at accept for being over a limit.",
+            "reason",
+            sorted(admission.refused.items()),
+        )
+        timeouts: list[tuple[str, float]] = [("request_timeout", self.stats.request_timeouts)]
+        if self.resp is not None:
+            timeouts.append(("idle_timeout", self.resp.idle_closed))
+        out.family(
+            "tidings_connections_timed_out",
+            "counter",
+            "Connections closed by idle_timeout (RESP) or request_timeout (HTTP).",
+            "reason",
+            timeouts,
         )
         out.family(
             "tidings_http_responses",
             "counter",
             "HTTP responses by status code.",
             "code",
-            [(str(code), n) for code, n in sorted(stats.responses.items())],
+            [(str(code), n) for code, n in r.responses.items()],
         )
-        source = self._source
+        source = r.source
         if self.has_source:
-            connected = source is not None and source.connected
             out.gauge("tidings_binlog_connected", "1 while the binlog source is connected.",
-                      int(connected))  # fmt: skip
-            lag = self.binlog_lag()
+                      int(r.connected))  # fmt: skip
             out.gauge(
                 "tidings_binlog_lag_seconds",
                 "How far the stream is behind the source (NaN while disconnected).",
-                math.nan if lag is None else lag,
+                math.nan if r.lag is None else r.lag,
             )
             if source is not None:
                 out.counter("tidings_binlog_events", "Binlog events read.", source.events_total)
@@ -790,32 +1161,104 @@ class HttpService:
                 out.counter(
                     "tidings_binlog_reconnects", "Reconnections to the source.", source.reconnects
                 )
-        monitor = self._monitor
+        if self.auth is not None:
+            out.counter("tidings_auth_failures", "Tokens refused (bad, expired, foreign).",
+                        self.auth.failures)  # fmt: skip
+            out.counter(
+                "tidings_auth_throttled",
+                "Token attempts refused unchecked: their address failed too often.",
+                self.auth.throttle.refused,
+            )
+        if self.tls_expiry is not None:
+            out.gauge("tidings_tls_certificate_expiry_timestamp_seconds",
+                      "When the TLS certificate being served expires (its notAfter).",
+                      self.tls_expiry())  # fmt: skip
         out.gauge(
             "tidings_event_loop_lag_seconds",
             "Largest event-loop delay seen over the last 5 to 10 seconds.",
-            monitor.max_lag if monitor else 0.0,
+            r.loop_lag,
         )
         return out.text()
 
-    # -- ending ------------------------------------------------------------------------------
-    def close_clients(self) -> None:
-        for conn in list(self.connections):
-            conn.close()
+    def stats_report(self, busiest: int = 10) -> dict[str, Any]:
+        """GET /stats: the same readings as JSON, with the binlog position and the busiest
+        channels, for the dashboard (docs/reference/dashboard.md)."""
+        r = self.readings()
+        binlog: dict[str, Any] | None = None
+        source = r.source
+        if self.has_source:
+            position = source.position if source is not None else None
+            binlog = {
+                "connected": r.connected,
+                "file": position.file if position else None,
+                "pos": position.pos if position else None,
+                "gtid": position.gtid if position else None,
+                "lag_seconds": None if r.lag is None else round(r.lag, 3),
+                "events": source.events_total if source else 0,
+                "bytes": source.bytes_total if source else 0,
+                "transactions": source.transactions_total if source else 0,
+                "reconnects": source.reconnects if source else 0,
+                "last_error": source.last_error if source else None,
+            }
+        report: dict[str, Any] = {} if self.worker is None else {"worker": self.worker}
+        return report | {
+            "uptime_seconds": round(time.monotonic() - self.started, 3),
+            "connections": r.connections,
+            "connections_opened": r.opened,
+            "channels": len(r.channels),
+            "subscriptions": r.subscriptions,
+            "patterns": r.patterns,
+            "events": r.published,
+            "deliveries": r.delivered,
+            "last_id": self.hub.next_id - 1,
+            "bytes_out": r.bytes_out,
+            "slow_consumers_cut": r.slow_consumers_cut,
+            "http_responses": {str(code): n for code, n in r.responses.items()},
+            "event_loop_lag_seconds": round(r.loop_lag, 6),
+            "binlog": binlog,
+            "busiest": self._busiest(r.channels, busiest),
+        }
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Stop listening, close the clients and wait (up to `timeout`) for them to go."""
+    def _busiest(self, subscribed: dict[str, int], limit: int) -> list[dict[str, Any]]:
+        """Channels ranked by events seen (kept by history), then by subscribers."""
+        logs = self.hub.history.channels
+        names = set(logs).union(subscribed)
+
+        def rank(name: str) -> tuple[int, int]:
+            log = logs.get(name)
+            return (log.appended if log else 0, subscribed.get(name, 0))
+
+        return [
+            {"channel": name, "events": events, "subscribers": subs}
+            for name in heapq.nlargest(limit, names, key=rank)
+            for events, subs in (rank(name),)
+        ]
+
+    # -- ending ------------------------------------------------------------------------------
+    def close_clients(self, reason: str = "") -> None:
+        """Close every connection; event streams get `reason` as a last comment."""
+        last_words = http.sse_comment(reason) if reason else b""
+        for conn in list(self.connections):
+            conn.close(last_words)
+
+    def stop_listening(self) -> None:
         for server in self.servers:
             server.close()
+        self.clock.stop()
+
+    async def close(self, timeout: float = 5.0, reason: str = "") -> None:
+        """Stop listening, close the clients (telling event streams and WebSocket clients
+        `reason`) and wait (up to `timeout`) for them to go."""
+        self.stop_listening()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
         if self._monitor is not None:
             self._monitor.stop()
             self._monitor = None
-        self.close_clients()
+        self.close_clients(reason)
         if self.websocket is not None:  # connections handed over at /ws
-            self.websocket.close_clients()
+            self.websocket.close_clients(reason)
         if self.connections:
             self._drained = asyncio.get_running_loop().create_future()
             with contextlib.suppress(asyncio.TimeoutError):

@@ -61,6 +61,10 @@ class ProtocolError(Exception):
 
 def parse_int(data: bytes | bytearray) -> int | None:
     """Parse a signed 64-bit integer as strictly as redis's `string2ll`; None if invalid."""
+    # the common case first: a short plain number without a leading zero (isdigit is
+    # ASCII-only on bytes, so this accepts nothing string2ll refuses)
+    if data.isdigit() and len(data) < 19 and (data[0] != 0x30 or len(data) == 1):
+        return int(data)
     if _INTEGER.fullmatch(data) is None:
         return None
     value = int(data)

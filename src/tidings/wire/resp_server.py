@@ -18,7 +18,20 @@ where this server is deliberately different:
 * other Redis commands (GET, ...) are unknown commands, except in RESP2
   subscribed mode, where redis's "Can't execute" error is what redis sends too;
 * HELLO reports version 7.0.0; COMMAND returns an empty list; CLIENT SETINFO
-  (redis 7.2) is accepted; AUTH and HELLO ... AUTH are refused (no users here);
+  (redis 7.2) is accepted;
+* without an auth secret, AUTH and HELLO ... AUTH are refused (no users here). With one
+  (tidings.wire.access), the password is a signed token (`AUTH [user] <token>`, the user
+  is ignored): commands marked `access` in the table answer Redis's `-NOAUTH` until a
+  valid AUTH, a bad token gets `-WRONGPASS <why>`, a channel, pattern or publish the
+  token does not allow `-NOPERM <why>` (nothing subscribed), PUBSUB needs an admin
+  token. PING, HELLO (without AUTH), QUIT and the other commands stay open; AUTH works
+  in RESP2 subscribed mode too (to replace a token before it expires); RESET forgets
+  the token. When the token expires the client gets `-NOAUTH` saying so and is closed;
+* INFO has the server and clients sections only, the server's with
+  `tidings_worker` (which process of `--workers N` answers; 0: the only one);
+* PUBLISH through a publisher (the database's outbox, or the id-giving process
+  of `--workers N`) does not hold up the PUBLISHes pipelined behind it: they go
+  on together and reply in order; any other command waits for those replies;
 * an inline line longer than `max_inline` is refused even when its newline
   arrived in the same read (redis checks only while waiting for the newline);
 * a NUL byte in a `*`/`$` header is an error here (redis's C string search
@@ -45,16 +58,22 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import Final, NamedTuple, cast
 
+from tidings.auth import Grant
 from tidings.event import Event
 from tidings.hub import GlobPattern, Hub, Replay, ResumeError
 from tidings.hub.filtering import split
 from tidings.hub.filters import FilterError
 from tidings.hub.resume import check_since
 from tidings.wire import resp
+from tidings.wire.access import AuthError, Authority, refusal, uncovered
+from tidings.wire.limits import Admission, Clock, peer_host
 from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
 from tidings.wire.replay_queue import ReplayQueue
 from tidings.wire.snapshot_stream import SnapshotRequestError, SnapshotService, SnapshotStream
@@ -75,6 +94,8 @@ log = logging.getLogger("tidings.wire.resp")
 REDIS_VERSION: Final = "7.0.0"
 #: SELECT accepts what a default redis accepts; pub/sub ignores the database anyway
 DATABASES: Final = 16
+#: PUBLISHes of one client awaiting their replies at most; past it, reading waits
+PUBLISH_PIPELINE: Final = 1024
 
 _OK: Final = b"+OK\r\n"
 _PONG: Final = b"+PONG\r\n"
@@ -106,6 +127,10 @@ class RespSettings:
     max_inline: int = 64 * 1024
     #: largest request in total (all its bulk strings)
     max_query: int = 4 << 20
+    #: channels and patterns one connection may hold at once
+    max_subscriptions: int = 10_000
+    #: signs client tokens; None: no authentication (tidings.wire.access)
+    auth_secret: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True)
@@ -155,6 +180,12 @@ PMESSAGE_RESP3: Final = "resp3:pmessage"
 # -- the command table ----------------------------------------------------------------------
 Handler = Callable[["RespConnection", list[bytes]], None]
 
+#: `Command.access` with an auth secret: any client, a valid token, an admin token
+OPEN: Final = 0
+TOKEN: Final = 1
+ADMIN: Final = 2
+_NOAUTH: Final = b"NOAUTH Authentication required."
+
 
 class Command(NamedTuple):
     #: lower-case name as redis prints it in errors; subcommands are "container|sub"
@@ -165,11 +196,15 @@ class Command(NamedTuple):
     #: allowed in RESP2 subscribed mode
     pubsub: bool = False
     subcommands: dict[bytes, Command] | None = None
+    #: with an auth secret: OPEN, TOKEN (a valid AUTH first) or ADMIN (an admin token)
+    access: int = OPEN
 
 
-def _container(name: bytes, arity: int, subs: dict[bytes, tuple[int, Handler]]) -> Command:
-    table = {sub: Command(name + b"|" + sub, a, h) for sub, (a, h) in subs.items()}
-    return Command(name, arity, None, subcommands=table)
+def _container(
+    name: bytes, arity: int, subs: dict[bytes, tuple[int, Handler]], access: int = OPEN
+) -> Command:
+    table = {sub: Command(name + b"|" + sub, a, h, access=access) for sub, (a, h) in subs.items()}
+    return Command(name, arity, None, subcommands=table, access=access)
 
 
 def _arg(data: bytes, limit: int = 128) -> bytes:
@@ -182,15 +217,21 @@ class RespConnection(asyncio.Protocol):
 
     __slots__ = (
         "_closed",
+        "_expiry",
+        "_held",
+        "_host",
         "_logged",
         "_message_encode",
         "_message_key",
         "_pmessage_key",
+        "_publishing",
         "_read_paused",
         "_replays",
         "_waiting",
         "_write",
+        "active",
         "channels",
+        "grant",
         "hub",
         "id",
         "lib_name",
@@ -229,8 +270,20 @@ class RespConnection(asyncio.Protocol):
         self._closed = False
         self._logged = False
         self._read_paused = False
-        #: a command whose reply is awaited (PUBLISH through the database): later commands wait
+        #: the address counted by the service's Admission (None: not admitted)
+        self._host: str | None = None
+        #: when data last came in (the service clock's coarse time), for idle_timeout
+        self.active = service.clock.now
+        #: a command whose reply is awaited (a snapshot opening, or PUBLISHes to finish):
+        #: later commands wait
         self._waiting: asyncio.Task[None] | None = None
+        #: PUBLISHes sent on through the service's publisher, replies not yet given (in order)
+        self._publishing: deque[asyncio.Future[int]] = deque()
+        #: a command read while PUBLISHes were pending: it runs once they have replied
+        self._held: list[bytes] | None = None
+        #: with an auth secret: the token's grant once AUTH succeeded, and its expiry timer
+        self.grant: Grant | None = None
+        self._expiry: asyncio.TimerHandle | None = None
         self._set_protocol(resp3=False)
 
     def __repr__(self) -> str:
@@ -276,10 +329,19 @@ class RespConnection(asyncio.Protocol):
         #: TIDINGS.(P)SUBSCRIBE replays and snapshots not yet caught up, one after the other
         self._replays = ReplayQueue(self.outbox, self.service.flusher)
         self.service.connections[self] = None
+        host = peer_host(transport)
+        admission = self.service.admission
+        refused = admission.enter(host)
+        if refused is not None:
+            log.info("client addr=%s refused: %s", self.peer, refused)
+            self.close(resp.error(b"ERR " + admission.refusal(refused, host).encode()))
+        else:
+            self._host = host
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
+        self.active = self.service.clock.now
         self.parser.feed(data)
         self._run_commands()
 
@@ -288,10 +350,19 @@ class RespConnection(asyncio.Protocol):
         parser = self.parser
         try:
             while not self._closed and self._waiting is None:
-                args = parser.next_command()
+                args = self._held
                 if args is None:
-                    break
-                self.service.stats.commands += 1
+                    args = parser.next_command()
+                    if args is None:
+                        break
+                    self.service.stats.commands += 1
+                    if self._publishing and args[0].lower() != b"publish":
+                        # its reply must come after theirs
+                        self._held = args
+                        self._waiting = asyncio.ensure_future(self._after_publishes())
+                        break
+                else:
+                    self._held = None
                 self.execute(args)
         except resp.ProtocolError as exc:
             self.service.stats.protocol_errors += 1
@@ -313,12 +384,13 @@ class RespConnection(asyncio.Protocol):
             self._read_paused = True
             self.transport.pause_reading()
 
-    def eof_received(self) -> bool:
-        # redis frees a client on EOF (after replying to what it already read); so do we
+    def eof_received(self) -> None:
+        # redis frees a client on EOF (after replying to what it already read); so do we.
+        # close() has closed the transport gracefully: nothing to keep half-open (which TLS
+        # cannot do anyway: asyncio warns when eof_received returns True there)
         if self.parser.mid_command and not self._closed:
             self._log_end("disconnected mid-command")
         self.close()
-        return True
 
     def pause_writing(self) -> None:
         self.outbox.pause_writing()
@@ -340,7 +412,11 @@ class RespConnection(asyncio.Protocol):
         self._closed = True
         self.outbox.lost()
         self._unsubscribe_all()
+        self._forget_grant()
         self.service._forget(self)
+        if self._host is not None:
+            self.service.admission.leave(self._host)
+            self._host = None
 
     def _log_end(self, why: str) -> None:
         """Log an abnormal end once per connection (lost, reset, cut short)."""
@@ -348,17 +424,100 @@ class RespConnection(asyncio.Protocol):
             self._logged = True
             log.info("client id=%d addr=%s: %s", self.id, self.peer, why)
 
-    def close(self) -> None:
-        """Send what is queued, then close the connection (ignore further commands)."""
+    def close(self, last_words: bytes = b"") -> None:
+        """Send what is queued (and `last_words`), then close the connection (ignore
+        further commands)."""
         if not self._closed:
             self._closed = True
-            self.outbox.close()
+            self.outbox.close(last_words=last_words)
             self._unsubscribe_all()  # nothing more will be sent: leave the hub now
+            self._forget_grant()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing subscribed, nothing pending: what idle_timeout may close."""
+        return not (
+            self.channels or self.patterns or self._replays or self._waiting or self._closed
+        )
 
     def _cut(self) -> None:
         """The outbox cut this slow consumer off: leave the hub, ignore further commands."""
         self._closed = True
         self._unsubscribe_all()
+        self._forget_grant()
+
+    # -- tokens (with an auth secret) ----------------------------------------------------------
+    def _authenticate(self, token: bytes) -> bool:
+        """Take `token`'s grant, or reply with why not (and keep the grant held before)."""
+        auth = self.service.auth
+        assert auth is not None
+        try:
+            grant = auth.verify(token, peer_host(self.transport))
+        except AuthError as exc:
+            log.info("client id=%d addr=%s: token refused: %s", self.id, self.peer, exc)
+            self.reply_error(b"WRONGPASS invalid token: " + str(exc).encode("utf-8", "replace"))
+            return False
+        lost = uncovered(grant, self.channels, self.patterns)
+        if lost is not None:
+            self.reply_error(
+                b"NOPERM the new token is not taken: %b, to which this connection is "
+                b"subscribed (UNSUBSCRIBE it first)" % lost.encode("utf-8", "replace")
+            )
+            return False
+        self._forget_grant()
+        self.grant = grant
+        self._expiry = auth.watch(self.service.flusher.loop, grant, self._token_expired)
+        log.debug("client id=%d addr=%s: authenticated (%s)", self.id, self.peer, grant.who())
+        return True
+
+    def _forget_grant(self) -> None:
+        self.grant = None
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
+    def _token_expired(self) -> None:
+        self._expiry = None
+        if self._closed:
+            return
+        log.info("client id=%d addr=%s: token expired; closing", self.id, self.peer)
+        self._unsubscribe_all()  # before anything else can be queued
+        self.reply_error(
+            b"NOAUTH the token expired: this connection is closed (AUTH with a fresh token "
+            b"before the current one expires to keep a connection)"
+        )
+        self.close()
+
+    def _allowed(self, names: list[bytes], *, pattern: bool = False) -> bool:
+        """With an auth secret: reply NOPERM (and return False) unless the grant allows
+        every name; nothing is subscribed then."""
+        if self.service.auth is None:
+            return True
+        grant = self.grant
+        assert grant is not None  # the command's access is TOKEN
+        check = grant.allows_pattern if pattern else grant.allows_channel
+        for raw in names:
+            name = raw.decode("utf-8", "surrogateescape")
+            if not check(name):
+                self.reply_error(
+                    b"NOPERM " + refusal(name, pattern=pattern).encode("utf-8", "surrogateescape")
+                )
+                return False
+        return True
+
+    def _room_for(self, names: list[bytes], *, pattern: bool = False) -> bool:
+        """Reply an error (and return False) if subscribing to `names` would pass
+        max_subscriptions; nothing is subscribed then."""
+        held = self.patterns if pattern else self.channels
+        new = {raw for raw in names if raw.decode("utf-8", "surrogateescape") not in held}
+        limit = self.settings.max_subscriptions
+        if len(self.channels) + len(self.patterns) + len(new) <= limit:
+            return True
+        self.reply_error(
+            b"ERR too many subscriptions on this connection (max_subscriptions=%d): "
+            b"unsubscribe some, or open another connection" % limit
+        )
+        return False
 
     # -- commands ----------------------------------------------------------------------------
     def execute(self, args: list[bytes]) -> None:
@@ -376,6 +535,7 @@ class RespConnection(asyncio.Protocol):
             else:
                 self._unknown_command(args)
             return
+        access = cmd.access
         if cmd.subcommands is not None and len(args) > 1:
             sub = cmd.subcommands.get(args[1].lower())
             if sub is None:
@@ -388,7 +548,16 @@ class RespConnection(asyncio.Protocol):
         if (arity > 0 and len(args) != arity) or len(args) < -arity:
             self.reply_error(b"ERR wrong number of arguments for '%b' command" % cmd.fullname)
             return
-        if not cmd.pubsub and self._subscribed_resp2():
+        if access and self.service.auth is not None:
+            if self.grant is None:
+                self.reply_error(_NOAUTH)
+                return
+            if access == ADMIN and not self.grant.admin:
+                self.reply_error(b"NOPERM %b needs an admin token" % name.upper())
+                return
+        # AUTH in subscribed mode: a tidings extension, to replace a token before it expires
+        reauth = cmd.handler is RespConnection.cmd_auth and self.service.auth is not None
+        if not cmd.pubsub and not reauth and self._subscribed_resp2():
             self.reply_error(_CONTEXT_ERROR % cmd.fullname)
             return
         assert cmd.handler is not None  # containers have arity -2: no subcommand is an error
@@ -448,7 +617,8 @@ class RespConnection(asyncio.Protocol):
         return True
 
     def cmd_subscribe(self, args: list[bytes]) -> None:
-        if not self._check_filters(args[1:]):
+        names = args[1:]
+        if not (self._check_filters(names) and self._allowed(names) and self._room_for(names)):
             return
         for raw in args[1:]:
             channel = raw.decode("utf-8", "surrogateescape")
@@ -471,6 +641,8 @@ class RespConnection(asyncio.Protocol):
             self._confirm(b"unsubscribe", raw)
 
     def cmd_psubscribe(self, args: list[bytes]) -> None:
+        if not (self._allowed(args[1:], pattern=True) and self._room_for(args[1:], pattern=True)):
+            return
         for raw in args[1:]:
             pattern = raw.decode("utf-8", "surrogateescape")
             if pattern not in self.patterns:
@@ -514,6 +686,10 @@ class RespConnection(asyncio.Protocol):
             return
         if not pattern and not self._check_filters(args[2:]):
             return
+        if not (
+            self._allowed(args[2:], pattern=pattern) and self._room_for(args[2:], pattern=pattern)
+        ):
+            return
         subscribed = self.patterns if pattern else self.channels
         kind = b"psubscribe" if pattern else b"subscribe"
         fresh: list[str] = []
@@ -533,13 +709,15 @@ class RespConnection(asyncio.Protocol):
 
     def cmd_tidings_snapshot(self, args: list[bytes]) -> None:
         """TIDINGS.SNAPSHOT channel: replies once the snapshot is open (later commands wait)."""
+        raw = args[1]
+        if not (self._allowed([raw]) and self._room_for([raw])):
+            return
         snapshots = self.service.snapshots
         if snapshots is None:
             self.reply_error(
                 b"ERR TIDINGS.SNAPSHOT needs a MySQL source (start tidings with --mysql)"
             )
             return
-        raw = args[1]
         name = raw.decode("utf-8", "surrogateescape")
         if name in self.channels or any(
             isinstance(r, SnapshotStream) and r.name == name and not r.done for r in self._replays
@@ -603,6 +781,7 @@ class RespConnection(asyncio.Protocol):
 
     def cmd_reset(self, args: list[bytes]) -> None:
         self._unsubscribe_all()  # silently, as redis does
+        self._forget_grant()  # as redis: the connection is no longer authenticated
         self._set_protocol(resp3=False)
         self.name = b""
         self.reply(b"+RESET\r\n")
@@ -631,18 +810,29 @@ class RespConnection(asyncio.Protocol):
                 return
             version = parsed
         i = 2
+        token: bytes | None = None
+        name: bytes | None = None
         while i < len(args):
             more = len(args) - 1 - i
             option = args[i].lower()
             if option == b"auth" and more >= 2:
-                self.reply_error(_NO_AUTH)
-                return
+                token = args[i + 2]
+                i += 3
+                continue
             if option == b"setname" and more >= 1:
-                if not self._set_name(args[i + 1]):
-                    return
+                name = args[i + 1]
                 i += 2
                 continue
             self.reply_error(b"ERR Syntax error in HELLO option '%b'" % _arg(args[i]))
+            return
+        # as redis: authenticate, then name, then switch the protocol; any error stops there
+        if token is not None:
+            if self.service.auth is None:
+                self.reply_error(_NO_AUTH)
+                return
+            if not self._authenticate(token):
+                return
+        if name is not None and not self._set_name(name):
             return
         if version:
             self._set_protocol(resp3=version == 3)
@@ -661,6 +851,10 @@ class RespConnection(asyncio.Protocol):
     def cmd_auth(self, args: list[bytes]) -> None:
         if len(args) > 3:
             self.reply_error(b"ERR syntax error")
+        elif self.service.auth is not None:
+            # AUTH <token> or AUTH <user> <token> (redis-py with a username): user ignored
+            if self._authenticate(args[-1]):
+                self.reply(_OK)
         elif len(args) == 2:
             self.reply_error(
                 b"ERR AUTH <password> called without any password configured for the default "
@@ -774,32 +968,68 @@ class RespConnection(asyncio.Protocol):
             )
             return
         channel = args[1].decode("utf-8", "surrogateescape")
+        if self.grant is not None and not self.grant.allows_publish(channel):
+            self.reply_error(b"NOPERM this token does not allow publishing to '%b'" % _arg(args[1]))
+            return
         publisher = self.service.publisher
         if publisher is None:  # no database: ids live in memory, publish at once
             self.reply(resp.integer(self.hub.publish(channel, args[2])))
             return
-        # through the database, so the message's id comes from the binlog like every other
-        self._waiting = asyncio.ensure_future(self._publish_through(publisher, channel, args[2]))
+        # through the database (or the process that gives ids, with --workers), so the
+        # message's id comes from where every other does. PUBLISHes pipelined behind it go
+        # on at once (one batch for the database); replies keep their order, and any other
+        # command waits for them
+        future = asyncio.ensure_future(publisher(channel, args[2]))
+        self._publishing.append(future)
+        future.add_done_callback(self._published)
+        if len(self._publishing) >= PUBLISH_PIPELINE:
+            self._waiting = asyncio.ensure_future(self._after_publishes())
 
-    async def _publish_through(self, publisher: Publisher, channel: str, payload: bytes) -> None:
-        try:
-            receivers = await publisher(channel, payload)
-        except ValueError as exc:
-            self.reply_error(b"ERR " + str(exc).encode("utf-8", "replace"))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("client id=%d addr=%s: PUBLISH failed: %s", self.id, self.peer, exc)
-            self.reply_error(b"ERR PUBLISH failed: " + str(exc).encode("utf-8", "replace"))
-        else:
-            self.reply(resp.integer(receivers))
+    def _published(self, _: object = None) -> None:
+        """Reply to the PUBLISHes that are done, in the order they were sent."""
+        pending = self._publishing
+        while pending and pending[0].done():
+            future = pending.popleft()
+            exc = None if future.cancelled() else future.exception()
+            if self._closed or future.cancelled():
+                continue
+            if exc is None:
+                self.reply(resp.integer(future.result()))
+            elif isinstance(exc, ValueError):
+                self.reply_error(b"ERR " + str(exc).encode("utf-8", "replace"))
+            else:
+                log.warning("client id=%d addr=%s: PUBLISH failed: %s", self.id, self.peer, exc)
+                self.reply_error(b"ERR PUBLISH failed: " + str(exc).encode("utf-8", "replace"))
+
+    async def _after_publishes(self) -> None:
+        """Wait until every pending PUBLISH has replied, then run what waited behind them."""
+        while self._publishing:
+            await asyncio.wait(list(self._publishing))
+            self._published()
         self._waiting = None
         if self._closed:
             return
         if self._read_paused and not self.outbox.paused:
             self._read_paused = False
             self.transport.resume_reading()
-        self._run_commands()  # what the client pipelined behind the PUBLISH
+        self._run_commands()
+
+    def cmd_info(self, args: list[bytes]) -> None:
+        # the server section and the client count; `tidings_worker` says which process
+        # of `tidings serve --workers N` answers (0: the only one)
+        service = self.service
+        lines = [
+            b"# Server",
+            b"redis_version:" + REDIS_VERSION.encode(),
+            b"redis_mode:standalone",
+            b"process_id:%d" % os.getpid(),
+            b"tidings_worker:%d" % service.worker,
+            b"",
+            b"# Clients",
+            b"connected_clients:%d" % service.connections_open,
+            b"",
+        ]
+        self.reply(resp.bulk(b"\r\n".join(lines)))
 
     def cmd_command(self, args: list[bytes]) -> None:
         # redis-cli asks for COMMAND DOCS to build its hints; an empty answer is enough
@@ -885,19 +1115,24 @@ _COMMAND_HELP: Final = (
 
 C = RespConnection
 COMMANDS: Final[dict[bytes, Command]] = {
-    b"subscribe": Command(b"subscribe", -2, C.cmd_subscribe, pubsub=True),
+    b"subscribe": Command(b"subscribe", -2, C.cmd_subscribe, pubsub=True, access=TOKEN),
     b"unsubscribe": Command(b"unsubscribe", -1, C.cmd_unsubscribe, pubsub=True),
-    b"psubscribe": Command(b"psubscribe", -2, C.cmd_psubscribe, pubsub=True),
+    b"psubscribe": Command(b"psubscribe", -2, C.cmd_psubscribe, pubsub=True, access=TOKEN),
     b"punsubscribe": Command(b"punsubscribe", -1, C.cmd_punsubscribe, pubsub=True),
-    b"tidings.subscribe": Command(b"tidings.subscribe", -3, C.cmd_tidings_subscribe, pubsub=True),
-    b"tidings.psubscribe": Command(
-        b"tidings.psubscribe", -3, C.cmd_tidings_psubscribe, pubsub=True
+    b"tidings.subscribe": Command(
+        b"tidings.subscribe", -3, C.cmd_tidings_subscribe, pubsub=True, access=TOKEN
     ),
-    b"tidings.snapshot": Command(b"tidings.snapshot", 2, C.cmd_tidings_snapshot, pubsub=True),
+    b"tidings.psubscribe": Command(
+        b"tidings.psubscribe", -3, C.cmd_tidings_psubscribe, pubsub=True, access=TOKEN
+    ),
+    b"tidings.snapshot": Command(
+        b"tidings.snapshot", 2, C.cmd_tidings_snapshot, pubsub=True, access=TOKEN
+    ),
     b"ping": Command(b"ping", -1, C.cmd_ping, pubsub=True),
     b"reset": Command(b"reset", 1, C.cmd_reset, pubsub=True),
-    b"publish": Command(b"publish", 3, C.cmd_publish),
+    b"publish": Command(b"publish", 3, C.cmd_publish, access=TOKEN),
     b"hello": Command(b"hello", -1, C.cmd_hello),
+    b"info": Command(b"info", -1, C.cmd_info),
     b"auth": Command(b"auth", -2, C.cmd_auth),
     b"echo": Command(b"echo", 2, C.cmd_echo),
     b"select": Command(b"select", 2, C.cmd_select),
@@ -924,6 +1159,7 @@ COMMANDS: Final[dict[bytes, Command]] = {
             b"shardnumsub": (-2, C.cmd_pubsub_shardnumsub),
             b"help": (2, C.cmd_pubsub_help),
         },
+        access=ADMIN,  # channel names can tell who subscribes to what (filters: customer ids)
     ),
     b"command": _container(
         b"command",
@@ -951,6 +1187,7 @@ class RespService:
         *,
         publisher: Publisher | None = None,
         snapshots: SnapshotService | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.hub = hub
         self.settings = settings or RespSettings()
@@ -958,6 +1195,10 @@ class RespService:
         self.publisher = publisher
         #: with a MySQL source, TIDINGS.SNAPSHOT (tidings.wire.snapshot_stream)
         self.snapshots = snapshots
+        #: which worker process this is (tidings.workers; 0: the only process), for INFO
+        self.worker = 0
+        #: with an auth secret: checks tokens (tidings.wire.access); None: no authentication
+        self.auth = Authority(self.settings.auth_secret) if self.settings.auth_secret else None
         #: open connections (a dict as an ordered set)
         self.connections: dict[RespConnection, None] = {}
         self.stats = RespStats()
@@ -965,6 +1206,24 @@ class RespService:
         self._ids = itertools.count(1)
         self.servers: list[asyncio.Server] = []
         self._drained: asyncio.Future[None] | None = None  # close() waits on it
+        #: connection limits, shared with the HTTP listener by the daemon
+        self.admission = admission or Admission()
+        self.clock = Clock(self._sweep)
+        #: connections closed for being idle past admission.limits.idle_timeout
+        self.idle_closed = 0
+
+    def _sweep(self, now: float) -> None:
+        """Once a second: close connections idle (no subscription, no request) too long."""
+        timeout = self.admission.limits.idle_timeout
+        if timeout <= 0:
+            return
+        for conn in tuple(self.connections):
+            if now - conn.active > timeout and conn.idle:
+                self.idle_closed += 1
+                log.info("client id=%d addr=%s: idle for %.0f s; closing", conn.id, conn.peer,
+                         now - conn.active)  # fmt: skip
+                conn.close()  # silently, as redis does: a reply nobody asked for would be
+                # taken for the answer to the client's next command
 
     def _forget(self, conn: RespConnection) -> None:
         self.connections.pop(conn, None)
@@ -990,23 +1249,51 @@ class RespService:
         self.stats.connections_total += 1
         return RespConnection(self, next(self._ids))
 
-    async def start(self, host: str, port: int, *, backlog: int = 511) -> asyncio.Server:
-        """Listen on host:port; `backlog` as redis's tcp-backlog (asyncio's 100 is small)."""
+    async def start(
+        self,
+        host: str,
+        port: int,
+        *,
+        backlog: int = 511,
+        ssl: SSLContext | None = None,
+        ssl_handshake_timeout: float | None = None,
+        reuse_port: bool = False,
+    ) -> asyncio.Server:
+        """Listen on host:port; `backlog` as redis's tcp-backlog (asyncio's 100 is small);
+        with `ssl`, TLS only (tidings.tls); `reuse_port`: SO_REUSEPORT, so that worker
+        processes share the port."""
         loop = asyncio.get_running_loop()
         self._flusher = self._flusher or Flusher(loop)
-        server = await loop.create_server(self.protocol, host, port, backlog=backlog)
+        server = await loop.create_server(
+            self.protocol,
+            host,
+            port,
+            backlog=backlog,
+            ssl=ssl,
+            ssl_handshake_timeout=ssl_handshake_timeout if ssl else None,
+            reuse_port=reuse_port or None,
+        )
         self.servers.append(server)
+        self.clock.start()
         return server
 
     def close_clients(self) -> None:
-        """Close every client connection, sending what is already queued first."""
+        """Close every client connection, sending what is already queued first.
+
+        No farewell, as redis does on shutdown: Redis clients take a closed
+        connection for "reconnect" (redis-py's PubSub resubscribes by itself), but an
+        error reply for a failed command, which would end their reconnect loop."""
         for conn in list(self.connections):
             conn.close()
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Stop listening, close the clients and wait (up to `timeout`) for them to go."""
+    def stop_listening(self) -> None:
         for server in self.servers:
             server.close()
+        self.clock.stop()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop listening, close the clients and wait (up to `timeout`) for them to go."""
+        self.stop_listening()
         self.close_clients()
         if self.connections:
             self._drained = asyncio.get_running_loop().create_future()

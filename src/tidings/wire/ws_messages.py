@@ -1,10 +1,12 @@
 """The JSON messages a WebSocket client sends, validated: pure, no connection state.
 
 `parse_message(data, text)` turns one WebSocket message into a `Command`
-(subscribe, unsubscribe or ping) or raises `MessageError`, whose `reply` is the
-`{"op":"error",...}` object to send back (the connection stays up). What needs
-the hub (whether a resume id is ahead of the stream) is checked by the session
-(tidings.wire.ws_session). docs/reference/websocket.md describes the protocol.
+(subscribe, unsubscribe, ping or auth) or raises `MessageError`, whose `reply` is
+the `{"op":"error",...}` object to send back (the connection stays up). What
+needs the server's state is checked by the session (tidings.wire.ws_session):
+whether a resume id is ahead of the stream, the token of an auth (whose checks
+depend on whether the server has an auth secret), the token's grants.
+docs/reference/websocket.md describes the protocol.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ __all__ = ["Command", "MessageError", "parse_message"]
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    op: Literal["subscribe", "unsubscribe", "ping"]
-    #: the channel name as sent (filters included); "" for ping
+    op: Literal["subscribe", "unsubscribe", "ping", "auth"]
+    #: the channel name as sent (filters included); "" for ping and auth
     channel: str = ""
     #: subscribe: resume after this event id; None: live from now
     since: int | None = None
+    #: auth: the "token" value as sent, of any JSON type (the session checks it)
+    token: object = None
 
 
 class MessageError(Exception):
@@ -54,8 +58,10 @@ def parse_message(data: bytes, text: bool) -> Command:
         return Command("ping")
     if op == "unsubscribe":
         return Command("unsubscribe", _channel(request))
+    if op == "auth":
+        return Command("auth", token=request.get("token"))
     if op != "subscribe":
-        raise MessageError(f"unknown op {op!r}: use subscribe, unsubscribe or ping")
+        raise MessageError(f"unknown op {op!r}: use subscribe, unsubscribe, ping or auth")
     channel = _channel(request)
     since = request.get("since")
     if since is not None and (not isinstance(since, int) or isinstance(since, bool)):

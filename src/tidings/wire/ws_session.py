@@ -1,16 +1,17 @@
 """The WebSocket session: one `asyncio.Protocol` per browser or service, speaking JSON.
 
 Theory of operation. The HTTP listener (tidings.wire.http_server) parses
-`GET /ws` and calls `accept(request, transport, hub, service)`. A valid
-handshake gets a `WsConnection` (the listener switches the transport to it and
-feeds it any bytes read past the request); a bad one gets a complete HTTP
-error response to write. The connection queues the 101 response on its
-`Outbox` first, then runs the client's bytes through a `FrameParser`
-(tidings.wire.websocket) and each complete text message through the JSON
-protocol below. It is the hub's `Subscriber`: `deliver` fetches the event's
-WebSocket frame from `event.frame(TEXT_FRAME, encode_event)` -- one text frame
-whose payload is exactly the event JSON, built once per event and shared by
-every WebSocket subscriber -- and queues that bytes object.
+`GET /ws` and calls `accept(request, transport, hub, service)`. A valid handshake
+gets a `WsConnection` (the listener switches the transport to it and feeds it
+any bytes read past the request); a bad one, or one whose `Origin` the `origins`
+allow-list refuses (browsers let any page open a socket anywhere, so the server
+must check), gets a complete HTTP error response to write. The connection queues
+the 101 response on its `Outbox` first, then runs the client's bytes through a
+`FrameParser` (tidings.wire.websocket) and each complete text message through
+the JSON protocol below. It is the hub's `Subscriber`: `deliver` fetches the
+event's WebSocket frame from `event.frame(TEXT_FRAME, encode_event)` -- one text
+frame whose payload is exactly the event JSON, built once per event and shared
+by every WebSocket subscriber -- and queues that bytes object.
 
 The protocol (client -> server, one JSON object per text message):
 
@@ -18,6 +19,7 @@ The protocol (client -> server, one JSON object per text message):
     {"op":"subscribe","channel":"shop.orders","since":123}          resume after id 123
     {"op":"unsubscribe","channel":"shop.orders"}
     {"op":"ping"}
+    {"op":"auth","token":"..."}                                     with an auth secret
 
 and server -> client: `{"op":"subscribed","channel":...}` (before any of its
 events), `{"op":"unsubscribed","channel":...}`, `{"op":"pong"}`,
@@ -26,6 +28,12 @@ since; the connection stays up), and events: objects with no `op` key, the
 same JSON as on RESP. Each message is validated by tidings.wire.ws_messages.
 A resume goes through `hub.resume` and is paced by the outbox's room
 (`Replay.pump`), like RESP's TIDINGS.SUBSCRIBE.
+
+Tokens (with an auth secret, tidings.wire.access): `/ws?token=T` (or `Authorization:
+Bearer T`) or an `auth` message, answered `{"op":"authenticated",...}`; before one,
+a subscribe gets an error. A channel the token does not allow gets an error and is not
+subscribed. A bad token closes with 1008 and the reason, and so does the token's expiry
+(unless an `auth` message replaced it first).
 
 Ending. RFC violations fail the connection with their close code (1002, 1007,
 1009); a client whose pending output passes `output_limit` is cut by the
@@ -44,16 +52,20 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, cast
 
 import orjson
 
+from tidings.auth import Grant
 from tidings.event import Event
 from tidings.hub import Hub, Replay, ResumeError
 from tidings.hub.resume import check_since
 from tidings.wire import websocket as ws
+from tidings.wire.access import AuthError, Authority, bearer_token, refusal, uncovered
+from tidings.wire.limits import peer_host
+from tidings.wire.origins import ANY, Origins
 from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
 from tidings.wire.replay_queue import ReplayQueue
 from tidings.wire.ws_messages import MessageError, parse_message
@@ -97,6 +109,7 @@ class UpgradeRequest(Protocol):
 
     method: str
     path: str
+    query: dict[str, list[str]]
     headers: dict[str, str]
 
 
@@ -111,14 +124,28 @@ class WsSettings:
     ping_interval: float = 20.0
     #: seconds a closing connection waits for the client's close frame
     close_timeout: float = 5.0
+    #: signs client tokens; None: no authentication (tidings.wire.access)
+    auth_secret: bytes | None = field(default=None, repr=False)
+    #: pages whose handshakes are accepted (a handshake without Origin always is)
+    origins: Origins = ANY
+    #: channels one connection may hold at once
+    max_subscriptions: int = 10_000
 
     @classmethod
-    def from_settings(cls, settings: object) -> WsSettings:
-        """From the daemon's `tidings.config.Settings` (fields it lacks keep defaults)."""
+    def from_settings(cls, settings: object, auth_secret: bytes | None = None) -> WsSettings:
+        """From the daemon's `tidings.config.Settings` (fields it lacks keep defaults), or
+        the HTTP listener's settings (whose `auth_secret` is bytes, as here)."""
+        if auth_secret is None:
+            secret = getattr(settings, "auth_secret", None)
+            auth_secret = secret if isinstance(secret, bytes) else None
+        origins = getattr(settings, "origins", ANY)
         return cls(
             max_message=int(getattr(settings, "ws_max_message", ws.MAX_MESSAGE)),
             output_limit=int(getattr(settings, "output_limit", 1 << 20)),
             ping_interval=float(getattr(settings, "ws_ping_interval", 20.0)),
+            max_subscriptions=int(getattr(settings, "max_subscriptions", 10_000)),
+            auth_secret=auth_secret or None,
+            origins=Origins.parse(origins) if isinstance(origins, str) else origins,
         )
 
 
@@ -141,6 +168,8 @@ class WsService:
         self.settings = settings or WsSettings()
         self.connections: dict[WsConnection, None] = {}
         self.stats = WsStats()
+        #: with an auth secret: checks tokens; None: no authentication
+        self.auth = Authority(self.settings.auth_secret) if self.settings.auth_secret else None
         self._flusher: Flusher | None = None
         self._ids = itertools.count(1)
 
@@ -154,24 +183,46 @@ class WsService:
     def slow_consumers_cut(self) -> int:
         return self._flusher.stats.slow_consumers_cut if self._flusher else 0
 
+    @property
+    def bytes_written(self) -> int:
+        return self._flusher.stats.bytes_written if self._flusher else 0
+
     def accept(
         self, request: UpgradeRequest, transport: asyncio.BaseTransport
     ) -> WsConnection | bytes:
         """The session for a valid handshake, else a complete HTTP error response."""
         try:
             accept_value = ws.check_handshake(request.method, request.headers)
+            origin = request.headers.get("origin")
+            if origin is not None and not self.settings.origins.allows(origin):
+                # browsers let any page open a WebSocket anywhere: the server must say no
+                raise ws.HandshakeError(
+                    403,
+                    f"origin {origin!r} may not open a WebSocket here: "
+                    "add it to the daemon's --origins setting",
+                )
         except ws.HandshakeError as exc:
             self.stats.handshakes_refused += 1
             return ws.reject_response(exc)
         self.stats.connections_total += 1
-        return WsConnection(
+        conn = WsConnection(
             self, next(self._ids), ws.handshake_response(accept_value), request.headers
         )
+        if self.auth is not None:
+            # a token in the URL (browsers) or the header (services) is checked at once; a
+            # bad one is told and closed (1008) after the upgrade, where a browser sees why
+            try:
+                token = bearer_token(request.headers, request.query)
+                if token is not None:
+                    conn.grant = self.auth.verify(token, peer_host(transport))
+            except AuthError as exc:
+                conn.refused = f"invalid token: {exc}"
+        return conn
 
-    def close_clients(self) -> None:
-        """Close every session with 1001 (going away)."""
+    def close_clients(self, reason: str = "server shutting down") -> None:
+        """Close every session with 1001 (going away) and `reason`."""
         for conn in list(self.connections):
-            conn.close(ws.GOING_AWAY, "server shutting down")
+            conn.close(ws.GOING_AWAY, reason or "server shutting down")
 
     def _forget(self, conn: WsConnection) -> None:
         self.connections.pop(conn, None)
@@ -209,6 +260,7 @@ class WsConnection(asyncio.Protocol):
 
     __slots__ = (
         "_closing",
+        "_expiry",
         "_heard",
         "_ping_timer",
         "_read_paused",
@@ -216,12 +268,15 @@ class WsConnection(asyncio.Protocol):
         "_response",
         "_write",
         "channels",
+        "grant",
         "hub",
         "id",
+        "on_lost",
         "origin",
         "outbox",
         "parser",
         "peer",
+        "refused",
         "service",
         "settings",
         "transport",
@@ -239,8 +294,10 @@ class WsConnection(asyncio.Protocol):
         self.settings = s = service.settings
         self.id = conn_id
         self._response = response
-        #: the Origin header as sent (browsers send it; an allow-list is for later)
+        #: the Origin header as sent (browsers send it; checked against `origins` before)
         self.origin = headers.get("origin")
+        #: called once the connection is gone (the HTTP listener releases its admission)
+        self.on_lost: Callable[[], None] | None = None
         self.parser = ws.FrameParser(s.max_message)
         self.peer = "?"
         self.channels: dict[str, None] = {}
@@ -249,6 +306,11 @@ class WsConnection(asyncio.Protocol):
         self._closing: str | None = None
         self._heard = True  # the client sent something since the last ping
         self._ping_timer: asyncio.TimerHandle | None = None
+        #: with an auth secret: the token's grant, its expiry timer, and why a token given
+        #: with the upgrade request was refused (the connection then closes at once)
+        self.grant: Grant | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self.refused: str | None = None
 
     def __repr__(self) -> str:
         return f"<WsConnection id={self.id} addr={self.peer}>"
@@ -281,6 +343,11 @@ class WsConnection(asyncio.Protocol):
         self._replays = ReplayQueue(self.outbox, self.service.flusher)
         self.service.connections[self] = None
         self._write(self._response)
+        if self.refused is not None:
+            self._refuse(self.refused)
+            return
+        if self.grant is not None:
+            self._watch(self.grant)
         if self.settings.ping_interval > 0:
             loop = self.service.flusher.loop
             self._ping_timer = loop.call_later(self.settings.ping_interval, self._ping)
@@ -321,11 +388,11 @@ class WsConnection(asyncio.Protocol):
         if self.parser.buffered > 2 * self.settings.max_message:
             self._finish()
 
-    def eof_received(self) -> bool:
+    def eof_received(self) -> None:
+        # _finish closes the transport (not True: TLS cannot stay half-open, asyncio warns)
         if self._closing is None:
             self._leave()
         self._finish()
-        return True
 
     def pause_writing(self) -> None:
         self.outbox.pause_writing()
@@ -344,6 +411,9 @@ class WsConnection(asyncio.Protocol):
         self.outbox.lost()
         self._leave()
         self.service._forget(self)
+        if self.on_lost is not None:
+            self.on_lost()
+            self.on_lost = None
 
     # -- ending ------------------------------------------------------------------------------
     def close(self, code: int = ws.NORMAL, reason: str = "") -> None:
@@ -394,6 +464,67 @@ class WsConnection(asyncio.Protocol):
         if self._ping_timer is not None:
             self._ping_timer.cancel()
             self._ping_timer = None
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
+    # -- tokens (with an auth secret) -------------------------------------------------------
+    def _refuse(self, reason: str) -> None:
+        """A bad token: say why, in a message and in the close frame (cut to fit), and close."""
+        log.info("ws client id=%d addr=%s: %s; closing", self.id, self.peer, reason)
+        self._error(reason)
+        self.close(ws.POLICY_VIOLATION, reason)
+
+    def _watch(self, grant: Grant) -> None:
+        auth = self.service.auth
+        assert auth is not None
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self.grant = grant
+        self._expiry = auth.watch(self.service.flusher.loop, grant, self._token_expired)
+
+    def _token_expired(self) -> None:
+        self._expiry = None
+        if self._closing is None:
+            self._leave()  # before anything else can be queued
+            self._refuse("token expired")
+
+    def _op_auth(self, token: object) -> None:
+        auth = self.service.auth
+        if auth is None:
+            self._error("this server has no auth secret: no token is needed")
+            return
+        if not isinstance(token, str):
+            self._refuse('invalid token: "token" must be a string')
+            return
+        try:
+            grant = auth.verify(token, peer_host(self.transport))
+        except AuthError as exc:
+            self._refuse(f"invalid token: {exc}")
+            return
+        lost = uncovered(grant, self.channels)
+        if lost is not None:
+            self._error(f"the new token is not taken: {lost}, which is subscribed here")
+            return
+        self._watch(grant)
+        log.debug("ws client id=%d addr=%s: authenticated (%s)", self.id, self.peer, grant.who())
+        reply: dict[str, Any] = {"op": "authenticated", "exp": grant.expires}
+        if grant.subject is not None:
+            reply["sub"] = grant.subject
+        self._reply(reply)
+
+    def _refusal(self, channel: str) -> str | None:
+        """Why the token (or its absence) does not allow `channel`; None if it does."""
+        if self.service.auth is None:
+            return None
+        if self.grant is None:
+            return (
+                'authentication required: send {"op":"auth","token":"..."} first, '
+                "or connect to /ws?token=..."
+            )
+        if not self.grant.allows_channel(channel):
+            return refusal(channel)
+        return None
 
     def _ping(self) -> None:
         self._ping_timer = None
@@ -430,6 +561,9 @@ class WsConnection(asyncio.Protocol):
     def _reply(self, message: dict[str, Any]) -> None:
         self._write(ws.text_frame(orjson.dumps(message)))
 
+    def _error(self, message: str) -> None:
+        self._reply({"op": "error", "message": message})
+
     def _message(self, message: ws.Message) -> None:
         try:
             command = parse_message(message.data, message.text)
@@ -440,6 +574,8 @@ class WsConnection(asyncio.Protocol):
             self._op_subscribe(command.channel, command.since)
         elif command.op == "unsubscribe":
             self._op_unsubscribe(command.channel)
+        elif command.op == "auth":
+            self._op_auth(command.token)
         else:
             self._write(_PONG)
 
@@ -450,6 +586,13 @@ class WsConnection(asyncio.Protocol):
             except ResumeError as exc:
                 self._reply({"op": "error", "message": str(exc), "channel": channel})
                 return
+        refused = self._refusal(channel)
+        limit = self.settings.max_subscriptions
+        if refused is None and channel not in self.channels and len(self.channels) >= limit:
+            refused = f"too many subscriptions on this connection (max_subscriptions={limit})"
+        if refused is not None:
+            self._reply({"op": "error", "message": refused, "channel": channel})
+            return
         self._reply({"op": "subscribed", "channel": channel})
         if channel in self.channels:
             return  # its events flow already: replaying them would repeat
