@@ -2,6 +2,7 @@
 taken from the unit tests' literals (and, with --mariadb, real binlog streams).
 
     .venv/bin/python fuzz/make_corpus.py            # every target, from literals
+    .venv/bin/python fuzz/make_corpus.py http       # one target's seeds
     .venv/bin/python fuzz/make_corpus.py --mariadb  # also capture binlogs (needs MariaDB)
 
 Seeds follow each target's input layout (see its docstring): most start with a
@@ -66,6 +67,7 @@ def http() -> Iterator[bytes]:
         b"Origin: http://a.example\r\n\r\n" + mask_frame(1, b"{}", MASK)
     )
     yield b"\x00\r\nGET /channels HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-A: 2\r\n\r\n"
+    yield b"\x00OPTIONS /sse HTTP/1.1\r\nHost: x\r\nOrigin: http://LocalHost:5173\r\n\r\n"
 
 
 def websocket() -> Iterator[bytes]:
@@ -279,9 +281,11 @@ def write(target: str, seeds: Iterable[bytes], prefix: str = "seed") -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mariadb", action="store_true", help="also capture real binlogs")
+    parser.add_argument("targets", nargs="*", help="only these targets (default: all)")
     args = parser.parse_args()
     for target, make in SEEDS.items():
-        write(target, make())
+        if not args.targets or target in args.targets:
+            write(target, make())
     if args.mariadb:
         write("binlog", binlog_from_mariadb(), prefix="mariadb")
 
