@@ -255,6 +255,19 @@ def _seeds(events: list[bytes]) -> Iterator[bytes]:
         yield b"\x00" + b"".join(seed)
 
 
+def token() -> Iterator[bytes]:
+    from fuzz.token import NOW, SECRET
+    from tidings.auth import mint
+
+    yield b"\x00" + mint(SECRET, ["shop.*", "shop.orders?customer_id=eq.42"], 3600, "alice",
+                          publish=["jobs.*"], now=NOW).encode()  # fmt: skip
+    yield b"\x00" + mint(SECRET, ["*"], 60, admin=True, now=NOW).encode()
+    header = b'{"alg":"HS256","typ":"JWT"}'
+    claims = b'{"channels":["shop.orders?status=in.(new,paid)","a.[bc]*"],"exp":1764193600,'
+    yield b"\x01" + header + b"\x00" + claims + b'"nbf":1764189000,"sub":"svc"}'
+    yield b"\x01" + header + b'\x00{"channels":["x"],"exp":1764180000}'  # expired
+
+
 SEEDS = {
     "resp": resp,
     "http": http,
@@ -266,6 +279,7 @@ SEEDS = {
     "config": config,
     "mysqlwire": mysqlwire,
     "binlog": binlog,
+    "token": token,
 }
 
 

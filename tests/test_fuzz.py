@@ -42,7 +42,7 @@ def run(module: ModuleType, data: bytes) -> None:
 
 def test_every_parser_has_a_target() -> None:
     assert set(TARGETS) >= {"resp", "http", "websocket", "ws_message", "sse_query", "filters"}
-    assert set(TARGETS) >= {"patterns", "config", "mysqlwire", "binlog"}
+    assert set(TARGETS) >= {"patterns", "config", "mysqlwire", "binlog", "token"}
 
 
 @pytest.mark.parametrize("name", TARGETS)
