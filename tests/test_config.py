@@ -56,6 +56,7 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
         ({"TIDINGS_SERVER_ID": "0"}, "server_id must be between"),
         ({"TIDINGS_ALLOW_PUBLISH": "maybe"}, "true or false"),
         ({"TIDINGS_OUTPUT_LIMIT": "lots"}, "expected a size"),
+        ({"TIDINGS_RESP": "127.0.0.1:\u00b2"}, "HOST:PORT"),  # a digit, but not 0-9
         ({"TIDINGS_TLS_KEY": "k.pem"}, "tls_key is set but tls_cert is not"),
         ({"TIDINGS_TLS_LISTENERS": "resp,https"}, "tls_listeners must be resp, http"),
         ({"TIDINGS_TLS_LISTENERS": ""}, "tls_listeners must be resp, http"),
@@ -79,6 +80,27 @@ def test_bad_files(tmp_path: Path) -> None:
     unknown.write_text("colour = 'blue'\n")
     with pytest.raises(ConfigError, match="unknown setting 'colour'"):
         load(unknown, env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # found by fuzz/config.py: a file that is not UTF-8 raised UnicodeDecodeError
+        (b'state_dir = "/var/lib/\xc6"\n', "is not UTF-8"),
+        (b"mark_every = " + b"[" * 5000 + b"]" * 5000 + b"\n", "nests too deeply"),
+        (b"server_id = [1, 2]\n", "setting 'server_id': expected a string or a number"),
+        (b"state_dir = { a = 1 }\n", "setting 'state_dir': expected a string or a number"),
+        (b"start = 1979-05-27\n", "setting 'start': expected a string or a number"),
+        (b"heartbeat = nan\n", "setting 'heartbeat': expected a finite number"),
+        (b"sse_heartbeat = inf\n", "setting 'sse_heartbeat': expected a finite number"),
+        (b"mark_every = inf\n", "setting 'mark_every'"),
+    ],
+)
+def test_bad_file_contents_are_config_errors(tmp_path: Path, text: bytes, message: str) -> None:
+    conf = tmp_path / "tidings.toml"
+    conf.write_bytes(text)
+    with pytest.raises(ConfigError, match=message):
+        load(conf, env={})
 
 
 def test_which_listeners_speak_tls() -> None:

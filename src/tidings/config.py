@@ -9,6 +9,7 @@ sources cannot drift apart.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import tomllib
@@ -400,7 +401,7 @@ def auth_secret(settings: Settings) -> bytes | None:
 
 def parse_hostport(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) < 65536:
         raise ConfigError(f"expected HOST:PORT, got {text!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
@@ -444,12 +445,23 @@ def _coerce(name: str, kind: str, default: Any, value: Any) -> Any:
         if kind == "size":
             return value if isinstance(value, int) else parse_size(str(value))
         if isinstance(default, int):
-            return int(value)
+            return int(_scalar(value))
         if isinstance(default, float):
-            return float(value)
-        return str(value)
-    except (ValueError, ConfigError) as exc:
+            number = float(_scalar(value))
+            if not math.isfinite(number):
+                raise ValueError(f"expected a finite number, got {value!r}")
+            return number
+        return str(_scalar(value))
+    except (ValueError, OverflowError, ConfigError) as exc:
         raise ConfigError(f"setting {name!r}: {exc}") from None
+
+
+def _scalar(value: Any) -> Any:
+    """A TOML value that can be a setting: a string, number or boolean, not a table, array
+    or date."""
+    if not isinstance(value, str | int | float):
+        raise ValueError(f"expected a string or a number, got {value!r}")
+    return value
 
 
 #: settings that say the same thing two ways: a source setting one drops the other from
@@ -472,11 +484,15 @@ def load(
     if config_file is not None:
         path = Path(config_file)
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_bytes().decode("utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        except RecursionError:  # tomllib recurses into nested arrays and tables
+            raise ConfigError(f"config file {path} nests too deeply") from None
         layer: dict[str, Any] = {}
         for key, value in data.items():
             name = key.replace("-", "_")

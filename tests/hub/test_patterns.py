@@ -7,6 +7,8 @@ channel names as keys is a quick oracle for what PSUBSCRIBE would match.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
@@ -49,6 +51,23 @@ def test_glob_literals(pattern: str, matching: list[str], not_matching: list[str
         assert glob.matches(channel), (pattern, channel)
     for channel in not_matching:
         assert not glob.matches(channel), (pattern, channel)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "channel", "expected"),
+    [
+        # found by fuzz/patterns.py: a 28-byte PSUBSCRIBE that took minutes to match
+        (b"**(?[^]*******4***+*", b"*a*(?\xc7\xc7(" * 8, False),
+        (b"*a" * 30 + b"b", b"a" * 200, False),
+        (b"*a" * 30 + b"b", b"a" * 200 + b"b", True),
+        (b"*ab*ab*ab*abc", b"ab" * 100 + b"abc", True),
+    ],
+)
+def test_many_stars_match_in_linear_time(pattern: bytes, channel: bytes, expected: bool) -> None:
+    glob = GlobPattern(pattern.decode("utf-8", "surrogateescape"))
+    started = time.monotonic()
+    assert glob.matches(channel.decode("utf-8", "surrogateescape")) is expected
+    assert time.monotonic() - started < 1.0  # backtracking took minutes to hours here
 
 
 def test_equal_patterns_are_equal_keys() -> None:

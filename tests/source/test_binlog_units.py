@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import uuid
+import zlib
 from decimal import Decimal
 from typing import Any
 
@@ -35,7 +36,7 @@ from tests.source.test_binlog_builders import (
     xid,
 )
 from tidings.source.binlog import BinlogDecoder, BinlogError, TableInfo, TableInfoRequest
-from tidings.source.binlog.events import parse_xa_query
+from tidings.source.binlog.events import parse_xa_query, uncompress
 from tidings.source.binlog.gtid import MariaDBGtidState, MySQLGtidSet
 from tidings.source.changes import Position, Transaction
 
@@ -569,6 +570,16 @@ def test_framing_errors() -> None:
         d.feed(bytes(bad_crc))
 
 
+def test_compressed_payloads_inflate_to_their_announced_size_only() -> None:
+    header = b"\x81"  # compressed, zlib, a 1-byte size follows
+    assert uncompress(header + b"\x05" + zlib.compress(b"hello")) == b"hello"
+    bomb = zlib.compress(bytes(1 << 24))  # 16 MiB of zeros in 16 KiB, announced as 10 bytes
+    with pytest.raises(BinlogError, match="wrong uncompressed size"):
+        uncompress(header + b"\x0a" + bomb)
+    with pytest.raises(BinlogError, match="truncated"):
+        uncompress(header + b"\x05" + zlib.compress(b"hello")[:-2])
+
+
 def test_checksums_off() -> None:
     d = BinlogDecoder(Position("binlog.000001", 4))
     d.feed(fde(checksum=False))
@@ -607,6 +618,16 @@ def test_corrupt_row_data() -> None:
     d.feed(table_map(5, "db", "t", [(0, b"")], optional=names_tlv(["old"])))
     with pytest.raises(BinlogError, match="unsupported column type 0"):
         d.feed(rows_event(23, 5, 1, row_image([b"\x00"])))
+
+
+def test_a_column_bitmap_with_only_bits_past_the_last_column_is_refused() -> None:
+    # found by fuzz/binlog.py: an image of no columns reads no bytes, so the rows loop
+    # never advanced and appended empty rows until memory ran out
+    d = new_decoder()
+    d.feed(table_map(7, "db", "t", [(3, b"")], optional=names_tlv(["c"])))
+    body = (7).to_bytes(6, "little") + b"\x01\x00" + b"\x01" + b"\x02" + b"\x00"
+    with pytest.raises(BinlogError, match="without columns"):
+        d.feed(event(23, body))
 
 
 # -- GTID state ----------------------------------------------------------------------------------

@@ -467,6 +467,13 @@ def test_result_ok_only_and_error() -> None:
         reader.feed(err_packet(1064, "42000", "You have an error in your SQL syntax"))
 
 
+@pytest.mark.parametrize("header", [b"\xfd", b"", b"\xfc\x01"])
+def test_truncated_result_set_header_is_a_protocol_error(header: bytes) -> None:
+    # found by fuzz/mysqlwire.py: b"\xfd" (a 3-byte column count with no bytes) was an IndexError
+    with pytest.raises(wire.ProtocolError, match="truncated result set header"):
+        wire.ResultReader().feed(header)
+
+
 def test_result_error_mid_rows() -> None:
     reader = wire.ResultReader()
     for p in result_set(ROWS)[:6]:

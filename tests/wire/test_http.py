@@ -119,6 +119,8 @@ def test_rest_keeps_bytes_after_an_upgrade_request() -> None:
         (b"GET / HTTP/1.1\nHost: x\n\n", 400, "CRLF"),
         (b"GET / HTTP/1.1\r\nHost: x\nX: y\r\n\r\n", 400, "CRLF"),
         (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400, "Content-Length"),
+        # found by fuzz/http.py: "1\xb21" (latin-1 "1²1") passed isdigit() and broke int()
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\xb21\r\n\r\n", 400, "Content-Length"),
         (
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
             400,

@@ -687,7 +687,10 @@ class ResultReader:
                 return self._more(self.ok.status)
             if payload and payload[0] == 0xFB:
                 raise ProtocolError("LOAD DATA LOCAL INFILE is not supported")
-            count, _ = read_lenenc_int(payload, 0)
+            try:
+                count, _ = read_lenenc_int(payload, 0)
+            except IndexError:  # empty, or a length prefix cut short
+                raise ProtocolError(f"truncated result set header {payload[:16]!r}") from None
             if not count:
                 raise ProtocolError(f"bad result set header {payload[:16]!r}")
             self._ncols = count

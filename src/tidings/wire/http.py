@@ -260,7 +260,8 @@ class RequestParser:
         raw = headers.get("content-length")
         if raw is None:
             return 0
-        if not raw.isdigit() or len(raw) > 18:
+        # isdigit() alone takes "²" and other Unicode digits (the value is latin-1 text)
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
             raise HttpError(400, "malformed Content-Length")
         length = int(raw)
         limit = self.body_limit(request.method, request.path)

@@ -222,6 +222,38 @@ def sse_frame(event: Event) -> bytes:
     return http.sse_event(event.id, event_type(event), event.body)
 
 
+def sse_targets(
+    request: Request, next_id: int, max_subscriptions: int
+) -> tuple[list[str], list[str], int | None]:
+    """The channels, patterns and resume id (or None) a GET /sse asks for: `channel=` and
+    `pattern=` (repeatable), then `Last-Event-ID` or `since=`. HttpError 400 if invalid.
+    (Whether a token allows them is checked after.)"""
+    query = request.query
+    channels = list(dict.fromkeys(query.get("channel", ())))
+    patterns = list(dict.fromkeys(query.get("pattern", ())))
+    if not channels and not patterns:
+        raise HttpError(400, "name at least one channel=... or pattern=...")
+    if len(channels) + len(patterns) > max_subscriptions:
+        raise HttpError(
+            400, f"too many channels and patterns (max_subscriptions={max_subscriptions})"
+        )
+    for name in channels:
+        try:
+            split(name)
+        except FilterError as exc:
+            raise HttpError(400, f"invalid filter in channel {name!r}: {exc}") from None
+    raw_since = request.headers.get("last-event-id") or (query.get("since") or [""])[-1]
+    if not raw_since:
+        return channels, patterns, None
+    try:
+        since = int(raw_since)
+        check_since(since, next_id)
+    except ValueError as exc:  # ResumeError is one
+        why = exc if isinstance(exc, ResumeError) else "it must be an integer event id"
+        raise HttpError(400, f"cannot resume from {raw_since!r}: {why}") from None
+    return channels, patterns, since
+
+
 # -- one client ---------------------------------------------------------------------------------
 Handler = Callable[["HttpConnection", Request], None]
 
@@ -609,15 +641,12 @@ class HttpConnection(asyncio.Protocol):
         self._serve()  # what the client pipelined behind it
 
     def get_sse(self, request: Request) -> None:
-        query = request.query
-        channels = list(dict.fromkeys(query.get("channel", ())))
-        patterns = list(dict.fromkeys(query.get("pattern", ())))
-        limit = self.settings.max_subscriptions
-        if not channels and not patterns:
-            self._error(request, 400, "name at least one channel=... or pattern=...")
-            return
-        if len(channels) + len(patterns) > limit:
-            self._error(request, 400, f"too many channels and patterns (max_subscriptions={limit})")
+        try:
+            channels, patterns, since = sse_targets(
+                request, self.hub.next_id, self.settings.max_subscriptions
+            )
+        except HttpError as exc:
+            self._error(request, exc.status, exc.message)
             return
         auth = self.service.auth
         grant = None
@@ -625,26 +654,9 @@ class HttpConnection(asyncio.Protocol):
             grant = self._grant(request, auth, "a stream needs a token")
             if grant is None:
                 return
-        for name in channels:
-            try:
-                split(name)
-            except FilterError as exc:
-                self._error(request, 400, f"invalid filter in channel {name!r}: {exc}")
-                return
-        if grant is not None:
             refused = uncovered(grant, channels, patterns)
             if refused is not None:
                 self._deny(request, 403, refused, "insufficient_scope")
-                return
-        raw_since = request.headers.get("last-event-id") or (query.get("since") or [""])[-1]
-        since: int | None = None
-        if raw_since:
-            try:
-                since = int(raw_since)
-                check_since(since, self.hub.next_id)
-            except ValueError as exc:  # ResumeError is one
-                why = exc if isinstance(exc, ResumeError) else "it must be an integer event id"
-                self._error(request, 400, f"cannot resume from {raw_since!r}: {why}")
                 return
         self.sse = True
         self.service.stats.sse_total += 1

@@ -25,8 +25,9 @@ and server -> client: `{"op":"subscribed","channel":...}` (before any of its
 events), `{"op":"unsubscribed","channel":...}`, `{"op":"pong"}`,
 `{"op":"error","message":...}` (invalid JSON, unknown op, bad channel or
 since; the connection stays up), and events: objects with no `op` key, the
-same JSON as on RESP. A resume goes through `hub.resume` and is paced by the
-outbox's room (`Replay.pump`), like RESP's TIDINGS.SUBSCRIBE.
+same JSON as on RESP. Each message is validated by tidings.wire.ws_messages.
+A resume goes through `hub.resume` and is paced by the outbox's room
+(`Replay.pump`), like RESP's TIDINGS.SUBSCRIBE.
 
 Tokens (with an auth secret, tidings.wire.access): `/ws?token=T` (or `Authorization:
 Bearer T`) or an `auth` message, answered `{"op":"authenticated",...}`; before one,
@@ -60,8 +61,6 @@ import orjson
 from tidings.auth import Grant
 from tidings.event import Event
 from tidings.hub import Hub, Replay, ResumeError
-from tidings.hub.filtering import split
-from tidings.hub.filters import FilterError
 from tidings.hub.resume import check_since
 from tidings.wire import websocket as ws
 from tidings.wire.access import AuthError, Authority, bearer_token, refusal, uncovered
@@ -69,6 +68,7 @@ from tidings.wire.limits import peer_host
 from tidings.wire.origins import ANY, Origins
 from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
 from tidings.wire.replay_queue import ReplayQueue
+from tidings.wire.ws_messages import MessageError, parse_message
 
 __all__ = [
     "TEXT_FRAME",
@@ -489,12 +489,11 @@ class WsConnection(asyncio.Protocol):
             self._leave()  # before anything else can be queued
             self._refuse("token expired")
 
-    def _op_auth(self, request: Mapping[str, Any]) -> None:
+    def _op_auth(self, token: object) -> None:
         auth = self.service.auth
         if auth is None:
             self._error("this server has no auth secret: no token is needed")
             return
-        token = request.get("token")
         if not isinstance(token, str):
             self._refuse('invalid token: "token" must be a string')
             return
@@ -566,51 +565,27 @@ class WsConnection(asyncio.Protocol):
         self._reply({"op": "error", "message": message})
 
     def _message(self, message: ws.Message) -> None:
-        if not message.text:
-            self._error("binary messages are not understood: send JSON in text messages")
-            return
         try:
-            request = orjson.loads(message.data)
-        except orjson.JSONDecodeError as exc:
-            self._error(f"invalid JSON: {exc}")
+            command = parse_message(message.data, message.text)
+        except MessageError as exc:
+            self._reply(exc.reply)
             return
-        if not isinstance(request, dict):
-            self._error('expected a JSON object such as {"op":"subscribe","channel":"db.table"}')
-            return
-        op = request.get("op")
-        if op == "subscribe":
-            self._op_subscribe(request)
-        elif op == "unsubscribe":
-            self._op_unsubscribe(request)
-        elif op == "ping":
-            self._write(_PONG)
-        elif op == "auth":
-            self._op_auth(request)
+        if command.op == "subscribe":
+            self._op_subscribe(command.channel, command.since)
+        elif command.op == "unsubscribe":
+            self._op_unsubscribe(command.channel)
+        elif command.op == "auth":
+            self._op_auth(command.token)
         else:
-            self._error(f"unknown op {op!r}: use subscribe, unsubscribe, ping or auth")
+            self._write(_PONG)
 
-    def _channel(self, request: Mapping[str, Any]) -> str | None:
-        channel = request.get("channel")
-        if not isinstance(channel, str) or not channel:
-            self._error('"channel" must be a non-empty string such as "shop.orders"')
-            return None
-        return channel
-
-    def _op_subscribe(self, request: Mapping[str, Any]) -> None:
-        channel = self._channel(request)
-        if channel is None:
-            return
-        since = request.get("since")
-        if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
-            self._error('"since" must be an integer event id')
-            return
-        try:
-            split(channel)
-            if since is not None:
+    def _op_subscribe(self, channel: str, since: int | None) -> None:
+        if since is not None:
+            try:
                 check_since(since, self.hub.next_id)
-        except (FilterError, ResumeError) as exc:
-            self._reply({"op": "error", "message": str(exc), "channel": channel})
-            return
+            except ResumeError as exc:
+                self._reply({"op": "error", "message": str(exc), "channel": channel})
+                return
         refused = self._refusal(channel)
         limit = self.settings.max_subscriptions
         if refused is None and channel not in self.channels and len(self.channels) >= limit:
@@ -627,10 +602,7 @@ class WsConnection(asyncio.Protocol):
             return
         self._replays.add(self.hub.resume(self, since, channels=[channel]))
 
-    def _op_unsubscribe(self, request: Mapping[str, Any]) -> None:
-        channel = self._channel(request)
-        if channel is None:
-            return
+    def _op_unsubscribe(self, channel: str) -> None:
         if channel in self.channels:
             del self.channels[channel]
             self.hub.unsubscribe(self, channel)

@@ -108,12 +108,16 @@ def uncompress(data: bytes) -> bytes:
     if data[0] & 0x70:
         raise BinlogError(f"unknown compression algorithm {(data[0] & 0x70) >> 4}")
     size = int.from_bytes(data[1 : 1 + width], "big")
+    inflate = zlib.decompressobj()
     try:
-        out = zlib.decompress(data[1 + width :])
+        # at most one byte more than announced: a corrupt event cannot inflate without bound
+        out = inflate.decompress(data[1 + width :], size + 1)
     except zlib.error as e:
         raise BinlogError(f"compressed event: {e}") from None
     if len(out) != size:
         raise BinlogError("compressed event: wrong uncompressed size")
+    if not inflate.eof:
+        raise BinlogError("compressed event: incomplete or truncated stream")
     return out
 
 
