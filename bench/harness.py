@@ -286,13 +286,18 @@ class Tidings(Server):
         mysql: str | None = None,
         server_id: int = 4242,
         output_limit: int = 16 << 20,
+        http_port: int | None = None,
+        extra: Sequence[str] = (),
     ) -> None:
         super().__init__()
-        cmd = [str(TIDINGS), "serve", "--resp", f"127.0.0.1:{self.port}", "--http", ""]
+        self.http_port = http_port
+        http = f"127.0.0.1:{http_port}" if http_port else ""
+        cmd = [str(TIDINGS), "serve", "--resp", f"127.0.0.1:{self.port}", "--http", http]
         cmd += ["--allow-publish"]
         cmd += ["--output-limit", str(output_limit)]
         if mysql:
             cmd += ["--mysql", mysql, "--server-id", str(server_id)]
+        cmd += extra
         self.command = cmd
         self.logfile = logdir / f"tidings-{self.port}.log"
         with open(self.logfile, "ab") as out:
@@ -301,6 +306,20 @@ class Tidings(Server):
 
     def log_text(self) -> str:
         return self.logfile.read_text(errors="replace")
+
+    def metrics(self) -> dict[str, float]:
+        """/metrics (needs `http_port`) as {'name{labels}': value}."""
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
 
 
 class Redis(Server):

@@ -1,0 +1,892 @@
+"""Soak: many subscribers for many minutes, steady writes, connect/disconnect churn.
+
+    .venv/bin/python bench/soak.py [--minutes 30] [--subscribers 19000] [--rate 10] [--churn 2]
+
+What runs, each in a process of its own:
+
+- a private MariaDB (`tidings.sandbox.PrivateMariaDB`) with tables `soak.t0` ..
+  `soak.t<T-1>`: `seq` (primary key), `sent_ns`, `pad`;
+- `tidings serve` reading its binlog, with `--state-dir`, `/metrics` on a free port and
+  history capped at about a minute of events: history fills up during the warm-up, so what
+  grows after it is a leak, not history doing its job;
+- a writer committing one row per transaction (autocommit INSERT) at `--rate` rows/s,
+  round-robin over the tables: the n-th row of a table has `seq` n (from 1) and `sent_ns` =
+  `time.time_ns()` taken just before the INSERT;
+- `--processes` subscriber processes (raw non-blocking sockets and one epoll each, each from
+  its own 127.0.0.x source address, as `loadgen.Fleet`), reading every `--read-interval`
+  seconds, plus one process holding the `--timed` connections, which read at once and give
+  the latency figures (receipt `time.time_ns()` minus `sent_ns`: commit, binlog, decode,
+  fan-out and read).
+
+Every subscriber is one logical subscriber for the whole run: subscriber i listens on table
+i % T. It first subscribes with `TIDINGS.SUBSCRIBE <base id> soak.t<k>` before the first
+write (the base id is that of a warm-up event committed before), so it must receive every
+row of its table, seq 1, 2, ... W_k, each once and in order: nothing is legitimately missed
+before its first subscription (there is no "before"), and nothing after it, as every
+reconnect resumes from the last event id the subscriber processed.
+
+Churn: every read tick each subscriber process closes `--churn` % per second of its
+connections (the timed ones excepted), alternately clean (what is pending read and
+processed, then close: FIN) and abortive (SO_LINGER 0: RST, unread data discarded), and
+reconnects each at once with `TIDINGS.SUBSCRIBE <last id processed> <its channel>`.
+
+Sequence check, on every event of every connection: its seq must be the last seq + 1 (more
+is a gap, not more a duplicate) and its id above the last id. A `gap` message, an `-ERR`
+reply or a close by the server also count as violations.
+
+Accounting: the writer wrote W_k rows to table k; expected = the sum over subscribers of the
+W_k of their table (written x subscribers with one table); accounted = the distinct seqs
+each subscriber received in increasing order, counted once (a gap's missing seqs are not);
+lost = expected - accounted. At the end the writer stops and every subscriber reads until
+it holds its table's last seq (or --drain seconds pass).
+
+Every --sample seconds: the daemon's RSS, open descriptors (/proc/PID/fd), RESP connections
+(its /metrics), event-loop lag, CPU of the daemon, MariaDB, subscribers and writer; latency
+p50/p99 over the window. At the end: least-squares slopes of RSS (KiB/min) and descriptors
+(per min) over the samples after --warmup, p99 per window (min/median/max), events written
+and accounted for, violations, reconnects: one table (--json: one JSON object instead).
+
+Exit status 1 if an event was lost, any violation, a connection the server closed, a
+subscriber that did not catch up, the daemon not exiting cleanly, or, when the run after the
+warm-up lasts at least JUDGED_MINUTES, a slope over RSS_SLOPE_LIMIT or FD_SLOPE_LIMIT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import gc
+import json
+import os
+import random
+import re
+import select
+import socket
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from harness import (
+    Tidings,
+    cpu_seconds,
+    free_port,
+    log,
+    machine,
+    percentile,
+    raise_nofile,
+    resp_command,
+)
+from harness import table as md_table
+from latency import WriterReport, paced
+from loadgen import Hello, _connect, _ctx, _handshake
+
+from tidings.sandbox import PrivateMariaDB
+
+SCHEMA = "soak"
+PAD = 100  # bytes of filler per row: an event of about 300 bytes
+# One row event, as the subscribers parse it: every number is followed by its delimiter,
+# so a number cut at the end of a read never matches. JSON has no raw CR, so `[^\r]*?`
+# stays inside one message.
+EVENT = re.compile(rb'\{"id":(\d+),[^\r]*?"data":\{"seq":(\d+),"sent_ns":(\d+),')
+GAP = b'"type":"gap"'
+WARMUP_EVENT = re.compile(rb'\{"id":(\d+),')
+
+#: a leak this fast fails the run (when judged): RSS KiB per minute, descriptors per minute
+RSS_SLOPE_LIMIT = 256.0
+FD_SLOPE_LIMIT = 2.0
+#: slopes are judged only over at least this many minutes after the warm-up
+JUDGED_MINUTES = 5.0
+
+
+# -- the subscriber processes ------------------------------------------------------------------
+@dataclass(slots=True)
+class Counters:
+    """What one subscriber process counted (cumulative)."""
+
+    connections: int = 0
+    events: int = 0  # events parsed, duplicates included
+    accounted: int = 0  # seqs received above the subscriber's last one (each counted once)
+    gaps: int = 0  # a seq more than one above the last
+    missed: int = 0  # seqs those gaps skipped
+    duplicates: int = 0  # a seq not above the last
+    id_order: int = 0  # an event id not above the last
+    gap_messages: int = 0
+    errors: int = 0  # -ERR replies
+    server_closes: int = 0  # connections the daemon closed or reset
+    connect_failures: int = 0
+    reconnects: int = 0
+    resets: int = 0  # of the reconnects, those that closed with RST
+    behind: int = 0  # subscribers short of their table's last seq when the drain ended
+    notes: list[str] = field(default_factory=list)
+
+    def violations(self) -> int:
+        return (
+            self.gaps
+            + self.duplicates
+            + self.id_order
+            + self.gap_messages
+            + self.errors
+            + self.server_closes
+        )
+
+    def note(self, text: str) -> None:
+        if len(self.notes) < 5:
+            self.notes.append(text)
+
+
+@dataclass(slots=True, frozen=True)
+class WorkerSpec:
+    host: str
+    port: int
+    source: str
+    subscribers: tuple[tuple[int, int], ...]  # (subscriber number, table)
+    channels: tuple[bytes, ...]
+    base_id: int
+    churn: float  # fraction of the connections reconnected per second
+    read_interval: float  # seconds between reads; 0: read as data arrives (timed)
+    timed: bool
+
+
+def subscribe_command(since: int, channel: bytes) -> bytes:
+    return resp_command(b"TIDINGS.SUBSCRIBE", b"%d" % since, channel)
+
+
+class Subscribers:
+    """One process's share of the subscribers: their sockets, sequence state and churn."""
+
+    def __init__(self, ctrl: Connection, spec: WorkerSpec) -> None:
+        self.ctrl = ctrl
+        self.spec = spec
+        self.ep = select.epoll()
+        self.table = dict(spec.subscribers)
+        self.last_seq = dict.fromkeys(self.table, 0)
+        self.last_id = dict.fromkeys(self.table, spec.base_id)
+        self.carry = dict.fromkeys(self.table, b"")
+        self.socks: dict[int, socket.socket] = {}  # subscriber -> its connection
+        self.owner: dict[int, int] = {}  # fd -> subscriber
+        self.unconnected: list[int] = []  # subscribers whose reconnect failed: retried
+        self.counters = Counters()
+        self.latencies = array("q")
+        self.buf = bytearray(1 << 18)
+        self.view = memoryview(self.buf)
+        self.owed = 0.0  # reconnects due but not yet made (fractions carried over)
+        self.abort_next = False
+        self.finals: Sequence[int] | None = None  # last seq of each table, once draining
+        self.drain_deadline = 0.0
+        self.running = True
+
+    # setup
+    def handshake(self) -> None:
+        socks: dict[int, socket.socket] = {}
+        index: dict[int, int] = {}
+        hellos = [
+            (i, Hello(subscribe_command(self.spec.base_id, self.spec.channels[k]), b":1\r\n"))
+            for i, k in self.spec.subscribers
+        ]
+        _handshake(self.ep, socks, index, self.spec.host, self.spec.port, self.spec.source, hellos)
+        for fd, sock in socks.items():
+            self.socks[index[fd]] = sock
+            self.owner[fd] = index[fd]
+
+    # the loop
+    def run(self) -> None:
+        ctrl_fd = self.ctrl.fileno()
+        self.ep.register(ctrl_fd, select.EPOLLIN)
+        timeout = 0.2 if self.spec.read_interval == 0 else 0.0
+        last_churn = time.monotonic()
+        while self.running:
+            for fd, _ in self.ep.poll(timeout):
+                if fd == ctrl_fd:
+                    self.command()
+                    continue
+                i = self.owner.get(fd)
+                if i is not None:
+                    self.read(i)
+            now = time.monotonic()
+            if self.finals is None:
+                self.churn(now - last_churn)
+            last_churn = now
+            if self.unconnected:
+                for i in self.unconnected[:]:
+                    self.unconnected.remove(i)
+                    self.connect(i)
+            if self.finals is not None and self.drained(now):
+                continue
+            if self.spec.read_interval and self.running:
+                self.ctrl.poll(self.spec.read_interval)  # wakes early for a command
+
+    def command(self) -> None:
+        what, arg = self.ctrl.recv()
+        if what == "sample":
+            self.counters.connections = len(self.socks)
+            self.ctrl.send(("sample", dataclasses.replace(self.counters), self.latencies.tobytes()))
+            self.latencies = array("q")
+        elif what == "drain":
+            self.finals, seconds = arg
+            self.drain_deadline = time.monotonic() + seconds
+        elif what == "close":
+            for sock in self.socks.values():
+                sock.close()
+            self.ctrl.send(("closed", None))
+            self.running = False
+
+    def drained(self, now: float) -> bool:
+        assert self.finals is not None
+        behind = sum(1 for i, k in self.table.items() if self.last_seq[i] < self.finals[k])
+        if behind and now < self.drain_deadline:
+            return False
+        self.counters.behind = behind
+        self.counters.connections = len(self.socks)
+        self.ctrl.send(("final", self.counters, self.latencies.tobytes()))
+        self.finals = None
+        self.spec = dataclasses.replace(self.spec, churn=0.0)
+        return True
+
+    # reading and checking
+    def read(self, i: int) -> int:
+        """Read once from subscriber i: bytes read, 0 if none pending, -1 if it was closed."""
+        sock = self.socks[i]
+        try:
+            n = sock.recv_into(self.buf)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            self.counters.note(f"subscriber {i}: {exc!r}")
+            n = 0
+        if n == 0:
+            self.counters.server_closes += 1
+            self.counters.note(f"subscriber {i}: closed by the server after {self.carry[i]!r}")
+            self.drop(i, abort=False)
+            self.connect(i)
+            return -1
+        self.check(i, self.view[:n])
+        return n
+
+    def check(self, i: int, chunk: memoryview) -> None:
+        data = self.carry[i] + chunk
+        cut = data.rfind(b"\r\n") + 2  # whole lines only: a JSON payload is never cut
+        if cut < 2:
+            self.carry[i] = data
+            return
+        complete = data[:cut]
+        self.carry[i] = data[cut:]
+        c = self.counters
+        if GAP in complete:
+            c.gap_messages += complete.count(GAP)
+            c.note(f"subscriber {i}: {complete[-300:]!r}")
+        if b"-ERR" in complete:
+            c.errors += 1
+            c.note(f"subscriber {i}: {complete[-300:]!r}")
+        now = time.time_ns() if self.spec.timed else 0
+        last_seq = self.last_seq[i]
+        last_id = self.last_id[i]
+        for m in EVENT.finditer(complete):
+            event_id = int(m[1])
+            seq = int(m[2])
+            c.events += 1
+            if seq > last_seq:
+                if seq != last_seq + 1:
+                    c.gaps += 1
+                    c.missed += seq - last_seq - 1
+                    c.note(f"subscriber {i}: seq {seq} after {last_seq}")
+                c.accounted += 1
+                last_seq = seq
+            else:
+                c.duplicates += 1
+                c.note(f"subscriber {i}: seq {seq} again after {last_seq}")
+            if event_id > last_id:
+                last_id = event_id
+            else:
+                c.id_order += 1
+            if now:
+                self.latencies.append(now - int(m[3]))
+        self.last_seq[i] = last_seq
+        self.last_id[i] = last_id
+
+    # churn
+    def churn(self, elapsed: float) -> None:
+        if not self.spec.churn or not self.socks:
+            return
+        self.owed += self.spec.churn * len(self.table) * elapsed
+        due = min(int(self.owed), len(self.socks))
+        self.owed -= due
+        for i in random.sample(sorted(self.socks), due):
+            self.abort_next = not self.abort_next
+            if not self.abort_next:
+                # clean: take in what the daemon already sent, so the close is a FIN
+                while (n := self.read(i)) > 0:
+                    pass
+                if n < 0:
+                    continue  # the server closed it meanwhile (counted, reconnected)
+            self.drop(i, abort=self.abort_next)
+            self.counters.reconnects += 1
+            self.counters.resets += self.abort_next
+            self.connect(i)
+
+    def drop(self, i: int, *, abort: bool) -> None:
+        sock = self.socks.pop(i)
+        del self.owner[sock.fileno()]
+        if abort:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+
+    def connect(self, i: int) -> None:
+        """Resume subscriber i from the last event id it processed."""
+        self.carry[i] = b""
+        spec = self.spec
+        try:
+            sock = _connect(spec.host, spec.port, spec.source)
+            sock.send(subscribe_command(self.last_id[i], spec.channels[self.table[i]]))
+        except OSError as exc:
+            self.counters.connect_failures += 1
+            self.counters.note(f"subscriber {i}: reconnect failed: {exc!r}")
+            self.unconnected.append(i)
+            return
+        self.socks[i] = sock
+        self.owner[sock.fileno()] = i
+        self.ep.register(sock.fileno(), select.EPOLLIN)
+
+
+def _subscriber_process(ctrl: Connection, spec: WorkerSpec) -> None:
+    raise_nofile()
+    gc.disable()  # no cycles here; collections over many sockets would be pauses
+    subscribers = Subscribers(ctrl, spec)
+    try:
+        subscribers.handshake()
+    except Exception as exc:  # tell the parent instead of hanging it
+        ctrl.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    ctrl.send(("ready", len(subscribers.socks)))
+    subscribers.run()
+
+
+class Fleet:
+    """The subscriber processes: `processes` churning ones and one with the timed connections."""
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        subscribers: int,
+        timed: int,
+        tables: int,
+        base_id: int,
+        processes: int,
+        churn: float,
+        read_interval: float,
+    ) -> None:
+        channels = tuple(b"%s.t%d" % (SCHEMA.encode(), k) for k in range(tables))
+        numbers = list(range(subscribers))
+        shares = [(numbers[:timed], True)] if timed else []
+        rest = numbers[timed:]
+        shares += [(rest[w::processes], False) for w in range(processes) if rest[w::processes]]
+        self.workers: list[tuple[Any, Connection]] = []
+        for w, (share, is_timed) in enumerate(shares):
+            spec = WorkerSpec(
+                host="127.0.0.1",
+                port=port,
+                source=f"127.0.0.{2 + w}",
+                subscribers=tuple((i, i % tables) for i in share),
+                channels=channels,
+                base_id=base_id,
+                churn=0.0 if is_timed else churn,
+                read_interval=0.0 if is_timed else read_interval,
+                timed=is_timed,
+            )
+            parent, child = _ctx.Pipe()
+            proc = _ctx.Process(target=_subscriber_process, args=(child, spec), daemon=True)
+            proc.start()
+            child.close()
+            self.workers.append((proc, parent))
+        for _, conn in self.workers:
+            kind, arg = conn.recv()
+            if kind != "ready":
+                self.close()
+                raise RuntimeError(f"subscriber process failed: {arg}")
+
+    def pids(self) -> list[int]:
+        return [p.pid for p, _ in self.workers if p.pid is not None]
+
+    def ask(self, command: str, arg: object = None, timeout: float = 60.0) -> list[Any]:
+        for _, conn in self.workers:
+            conn.send((command, arg))
+        replies = []
+        for _, conn in self.workers:
+            if not conn.poll(timeout):
+                raise TimeoutError(f"a subscriber process did not answer {command!r}")
+            replies.append(conn.recv())
+        return replies
+
+    def close(self) -> None:
+        for _, conn in self.workers:
+            with contextlib.suppress(OSError, EOFError):
+                conn.send(("close", None))
+        for proc, conn in self.workers:
+            with contextlib.suppress(OSError, EOFError):
+                if conn.poll(30):
+                    conn.recv()
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+def total(counters: Sequence[Counters]) -> Counters:
+    out = Counters()
+    for c in counters:
+        for f in dataclasses.fields(Counters):
+            if f.name != "notes":
+                setattr(out, f.name, getattr(out, f.name) + getattr(c, f.name))
+        out.notes += c.notes
+    return out
+
+
+# -- the writer --------------------------------------------------------------------------------
+def _writer_process(ctrl: Connection, port: int, tables: int, rate: float, count: int) -> None:
+    import pymysql  # type: ignore[import-untyped]
+
+    conn = pymysql.connect(host="127.0.0.1", port=port, user="root", database=SCHEMA)
+    conn.autocommit(True)
+    cur = conn.cursor()
+    pad = "p" * PAD
+    n = 0
+
+    def insert() -> None:
+        nonlocal n
+        cur.execute(
+            f"INSERT INTO t{n % tables} (seq, sent_ns, pad) VALUES (%s, %s, %s)",
+            (n // tables + 1, time.time_ns(), pad),
+        )
+        n += 1
+
+    ctrl.send("ready")
+    ctrl.recv()
+    report = WriterReport()
+    paced(report, rate, count, insert)
+    conn.close()
+    ctrl.send(report)
+
+
+def rows_per_table(written: int, tables: int) -> list[int]:
+    """The last seq of each table after `written` rows went round-robin over them."""
+    return [written // tables + (1 if k < written % tables else 0) for k in range(tables)]
+
+
+# -- setup -------------------------------------------------------------------------------------
+def create_schema(db: PrivateMariaDB, tables: int) -> None:
+    ddl = [f"CREATE DATABASE {SCHEMA}; USE {SCHEMA};"]
+    ddl.append("CREATE TABLE warm (id INT AUTO_INCREMENT PRIMARY KEY, note VARCHAR(20));")
+    ddl += [
+        f"CREATE TABLE t{k} (seq BIGINT PRIMARY KEY, sent_ns BIGINT NOT NULL,"
+        " pad VARCHAR(255) NOT NULL);"
+        for k in range(tables)
+    ]
+    db.sql("\n".join(ddl))
+
+
+def base_event_id(port: int, db: PrivateMariaDB, timeout: float = 60.0) -> int:
+    """Commit warm-up rows until one reaches a subscriber; its event id (the replica is live)."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(resp_command(b"SUBSCRIBE", f"{SCHEMA}.warm".encode()))
+        got = b""
+        while b":1\r\n" not in got:
+            got += s.recv(4096)
+        got = b""
+        s.settimeout(1.0)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            db.sql(f"INSERT INTO {SCHEMA}.warm (note) VALUES ('warm-up')")
+            with contextlib.suppress(TimeoutError):
+                while not (ids := WARMUP_EVENT.findall(got)):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        raise ConnectionError("tidings closed the warm-up subscriber")
+                    got += chunk
+                return max(int(x) for x in ids)
+    raise TimeoutError("no row event reached a tidings subscriber")
+
+
+# -- measuring ---------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Sample:
+    t: float  # seconds since the first write
+    rss_kib: float
+    fds: int
+    connections: int  # RESP connections, as the daemon's /metrics says
+    open: int  # connections the subscriber processes hold
+    events: int  # cumulative, received by subscribers
+    reconnects: int
+    violations: int
+    p50_ms: float
+    p99_ms: float
+    latency_samples: int
+    loop_lag_ms: float
+    daemon_cpu: float  # cores (CPU seconds per second) over the window
+    mariadb_cpu: float
+    subscribers_cpu: float
+    writer_cpu: float
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def slope(points: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope of y over x."""
+    if len(points) < 2:
+        return float("nan")
+    mx = statistics.fmean(x for x, _ in points)
+    my = statistics.fmean(y for _, y in points)
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    sxy = sum((x - mx) * (y - my) for x, y in points)
+    return sxy / sxx if sxx else float("nan")
+
+
+class Meter:
+    """CPU of the processes involved, per window, and the daemon's /proc figures."""
+
+    def __init__(self, daemon: Tidings, mariadb_pid: int, fleet: Fleet, writer_pid: int) -> None:
+        self.daemon = daemon
+        self.groups = {
+            "daemon": [daemon.pid],
+            "mariadb": [mariadb_pid],
+            "subscribers": fleet.pids(),
+            "writer": [writer_pid],
+        }
+        self.fleet = fleet
+        self.t0 = time.monotonic()
+        self.last_t = self.t0
+        self.last_cpu = self.cpu()
+
+    def cpu(self) -> dict[str, float]:
+        return {name: sum(cpu_seconds(p) for p in pids) for name, pids in self.groups.items()}
+
+    def sample(self) -> Sample:
+        replies = self.fleet.ask("sample")
+        now = time.monotonic()
+        cpu = self.cpu()
+        span = now - self.last_t
+        used = {k: (cpu[k] - self.last_cpu[k]) / span for k in cpu}
+        self.last_t, self.last_cpu = now, cpu
+        counters = total([r[1] for r in replies])
+        lat = array("q")
+        for r in replies:
+            lat.frombytes(r[2])
+        ordered = sorted(lat)
+        metrics = self.daemon.metrics()
+        return Sample(
+            t=now - self.t0,
+            rss_kib=self.daemon.rss() / 1024,
+            fds=fd_count(self.daemon.pid),
+            connections=int(metrics.get('tidings_connections{protocol="resp"}', -1)),
+            open=counters.connections,
+            events=counters.events,
+            reconnects=counters.reconnects,
+            violations=counters.violations(),
+            p50_ms=percentile(ordered, 50) / 1e6,
+            p99_ms=percentile(ordered, 99) / 1e6,
+            latency_samples=len(ordered),
+            loop_lag_ms=metrics.get("tidings_event_loop_lag_seconds", float("nan")) * 1e3,
+            daemon_cpu=used["daemon"],
+            mariadb_cpu=used["mariadb"],
+            subscribers_cpu=used["subscribers"],
+            writer_cpu=used["writer"],
+        )
+
+
+def progress(s: Sample) -> str:
+    return (
+        f"t={s.t:6.0f}s rss {s.rss_kib / 1024:7.1f} MiB fds {s.fds:6d} conns {s.connections:6d}"
+        f" p50 {s.p50_ms:6.1f} p99 {s.p99_ms:6.1f} ms lag {s.loop_lag_ms:5.0f} ms"
+        f" events {s.events:,} reconnects {s.reconnects:,} violations {s.violations}"
+        f" cpu daemon {s.daemon_cpu:.2f} subs {s.subscribers_cpu:.2f}"
+        f" db {s.mariadb_cpu:.2f}"
+    )
+
+
+# -- the run -----------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    raise_nofile()
+    seconds = args.minutes * 60
+    count = max(args.tables, round(seconds * args.rate))
+    timed = min(args.timed, args.subscribers)
+    history = max(1000, round(args.rate * 60))
+    load_before = os.getloadavg()
+    with contextlib.ExitStack() as stack:
+        base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tidings-soak-")))
+        db = stack.enter_context(PrivateMariaDB(base / "mariadb"))
+        assert db.process is not None
+        create_schema(db, args.tables)
+        daemon = Tidings(
+            base,
+            mysql=db.url(),
+            output_limit=1 << 20,  # the default: a subscriber that falls behind is cut
+            http_port=free_port(),
+            extra=["--state-dir", str(base / "state"), "--history-events", str(history)],
+        )
+        stack.callback(daemon.stop)
+        base_id = base_event_id(daemon.port, db)
+        t = time.monotonic()
+        fleet = Fleet(
+            daemon.port,
+            subscribers=args.subscribers,
+            timed=timed,
+            tables=args.tables,
+            base_id=base_id,
+            processes=args.processes,
+            churn=args.churn / 100,
+            read_interval=args.read_interval,
+        )
+        stack.callback(fleet.close)
+        log(f"{args.subscribers:,} subscribers in {time.monotonic() - t:.1f} s")
+        writer_conn, child = _ctx.Pipe()
+        writer = _ctx.Process(
+            target=_writer_process,
+            args=(child, db.port, args.tables, args.rate, count),
+            daemon=True,
+        )
+        writer.start()
+        child.close()
+        if writer_conn.recv() != "ready":
+            raise RuntimeError("the writer failed to connect")
+        assert writer.pid is not None
+        meter = Meter(daemon, db.process.pid, fleet, writer.pid)
+        writer_conn.send("go")
+        samples: list[Sample] = []
+        next_sample = meter.t0 + args.sample
+        while True:
+            finished = writer_conn.poll(max(0.0, next_sample - time.monotonic()))
+            if finished or time.monotonic() >= next_sample:
+                samples.append(meter.sample())
+                log(progress(samples[-1]))
+                next_sample += args.sample
+            if finished:
+                break
+        wrote: WriterReport = writer_conn.recv()
+        writer.join(10)
+        finals = rows_per_table(wrote.sent, args.tables)
+        t = time.monotonic()
+        replies = fleet.ask("drain", (finals, args.drain), timeout=args.drain + 60)
+        drain_seconds = time.monotonic() - t
+        final = total([r[1] for r in replies])
+        daemon_cpu = cpu_seconds(daemon.pid)
+        log_text = daemon.log_text()
+        fleet.close()
+        daemon.stop()
+        exit_code = daemon.proc.returncode if daemon.proc else None
+    tables_of = [i % args.tables for i in range(args.subscribers)]
+    expected = sum(finals[k] for k in tables_of)
+    return summarise(
+        args,
+        samples=samples,
+        wrote=wrote,
+        expected=expected,
+        final=final,
+        drain_seconds=drain_seconds,
+        daemon_cpu=daemon_cpu,
+        daemon_exit=exit_code,
+        daemon_log=log_text,
+        history=history,
+        timed=timed,
+        load=(load_before, os.getloadavg()),
+    )
+
+
+def summarise(
+    args: argparse.Namespace,
+    *,
+    samples: list[Sample],
+    wrote: WriterReport,
+    expected: int,
+    final: Counters,
+    drain_seconds: float,
+    daemon_cpu: float,
+    daemon_exit: int | None,
+    daemon_log: str,
+    history: int,
+    timed: int,
+    load: tuple[tuple[float, float, float], tuple[float, float, float]],
+) -> dict[str, Any]:
+    warmup = min(args.warmup, samples[-1].t / 2 if samples else 0.0)
+    steady = [s for s in samples if s.t >= warmup]
+    rss_slope = slope([(s.t / 60, s.rss_kib) for s in steady])
+    fd_slope = slope([(s.t / 60, s.fds) for s in steady])
+    judged_minutes = (steady[-1].t - steady[0].t) / 60 if len(steady) > 1 else 0.0
+    judged = judged_minutes >= JUDGED_MINUTES
+    p99s = sorted(s.p99_ms for s in samples if s.latency_samples)
+    lost = expected - final.accounted
+    log_errors = sum(
+        1 for line in daemon_log.splitlines() if " ERROR " in line or "Traceback" in line
+    )
+    failures = []
+    if lost:
+        failures.append(f"{lost:,} events lost")
+    if final.violations():
+        failures.append(f"{final.violations():,} sequence violations")
+    if final.behind:
+        failures.append(f"{final.behind:,} subscribers behind after the drain")
+    if final.connect_failures:
+        failures.append(f"{final.connect_failures:,} reconnects failed")
+    if daemon_exit != 0:
+        failures.append(f"the daemon exited with {daemon_exit}")
+    if judged and not abs(rss_slope) <= RSS_SLOPE_LIMIT:
+        failures.append(f"RSS slope {rss_slope:+.0f} KiB/min over {RSS_SLOPE_LIMIT:g}")
+    if judged and not abs(fd_slope) <= FD_SLOPE_LIMIT:
+        failures.append(f"descriptor slope {fd_slope:+.2f}/min over {FD_SLOPE_LIMIT:g}")
+
+    def mean(name: str) -> float:
+        return statistics.fmean(getattr(s, name) for s in samples) if samples else float("nan")
+
+    return {
+        "machine": machine(),
+        "load_average": {"before": load[0], "after": load[1]},
+        "settings": {
+            "minutes": args.minutes,
+            "subscribers": args.subscribers,
+            "timed": timed,
+            "tables": args.tables,
+            "rate": args.rate,
+            "churn_percent_per_s": args.churn,
+            "processes": args.processes,
+            "read_interval": args.read_interval,
+            "history_events": history,
+            "warmup_s": warmup,
+        },
+        "written": wrote.sent,
+        "writer_late": wrote.late,
+        "writer_slowest_ms": wrote.slowest * 1e3,
+        "achieved_rate": (wrote.sent - 1) / wrote.seconds if wrote.seconds else 0.0,
+        "expected": expected,
+        "accounted": final.accounted,
+        "lost": lost,
+        "received": final.events,
+        "violations": final.violations(),
+        "gaps": final.gaps,
+        "duplicates": final.duplicates,
+        "id_order": final.id_order,
+        "gap_messages": final.gap_messages,
+        "errors": final.errors,
+        "server_closes": final.server_closes,
+        "connect_failures": final.connect_failures,
+        "behind": final.behind,
+        "reconnects": final.reconnects,
+        "resets": final.resets,
+        "notes": final.notes,
+        "drain_s": drain_seconds,
+        "rss_mib": {
+            "first": samples[0].rss_kib / 1024 if samples else float("nan"),
+            "after_warmup": steady[0].rss_kib / 1024 if steady else float("nan"),
+            "last": samples[-1].rss_kib / 1024 if samples else float("nan"),
+            "max": max(s.rss_kib for s in samples) / 1024 if samples else float("nan"),
+        },
+        "rss_slope_kib_per_min": rss_slope,
+        "fds": {
+            "min": min(s.fds for s in steady) if steady else 0,
+            "max": max(s.fds for s in steady) if steady else 0,
+        },
+        "fd_slope_per_min": fd_slope,
+        "slopes_judged": judged,
+        "judged_minutes": judged_minutes,
+        "p99_ms": {
+            "min": p99s[0] if p99s else float("nan"),
+            "median": statistics.median(p99s) if p99s else float("nan"),
+            "max": p99s[-1] if p99s else float("nan"),
+        },
+        "p50_ms_median": statistics.median(s.p50_ms for s in samples if s.latency_samples)
+        if p99s
+        else float("nan"),
+        "cpu_cores": {
+            "daemon": mean("daemon_cpu"),
+            "mariadb": mean("mariadb_cpu"),
+            "subscribers": mean("subscribers_cpu"),
+            "writer": mean("writer_cpu"),
+        },
+        "daemon_cpu_s": daemon_cpu,
+        "daemon_exit": daemon_exit,
+        "daemon_log_errors": log_errors,
+        "failures": failures,
+        "samples": [dataclasses.asdict(s) for s in samples],
+    }
+
+
+def render(r: dict[str, Any]) -> str:
+    s, rss, p99, cpu = r["settings"], r["rss_mib"], r["p99_ms"], r["cpu_cores"]
+    if r["slopes_judged"]:
+        judged = (
+            f"judged over {r['judged_minutes']:.1f} min (limits: |RSS slope| "
+            f"{RSS_SLOPE_LIMIT:g} KiB/min, |descriptor slope| {FD_SLOPE_LIMIT:g}/min)"
+        )
+    else:
+        judged = f"not judged: {r['judged_minutes']:.1f} min after warm-up < {JUDGED_MINUTES:g}"
+    rss_text = f"{rss['first']:.1f}, {rss['after_warmup']:.1f}, {rss['last']:.1f}, {rss['max']:.1f}"
+    cpu_text = ", ".join(f"{cpu[k]:.2f}" for k in ("daemon", "subscribers", "mariadb", "writer"))
+    load = " / ".join(", ".join(f"{x:.1f}" for x in la) for la in r["load_average"].values())
+    rows: list[tuple[str, object]] = [
+        ("run", f"{s['minutes']:g} min, warm-up {s['warmup_s']:.0f} s"),
+        ("subscribers", f"{s['subscribers']:,} on {s['tables']} table(s), {s['timed']} timed"),
+        ("churn", f"{s['churn_percent_per_s']:g} % of connections per second"),
+        ("writes", f"{r['written']:,} rows at {r['achieved_rate']:.2f}/s (asked {s['rate']:g})"),
+        ("events expected (written x subscribers)", r["expected"]),
+        ("events accounted for (in order, once)", r["accounted"]),
+        ("events lost", r["lost"]),
+        ("events received (duplicates included)", r["received"]),
+        ("sequence violations", r["violations"]),
+        ("reconnects (of which RST)", f"{r['reconnects']:,} ({r['resets']:,})"),
+        ("closed by the server", r["server_closes"]),
+        ("reconnects failed", r["connect_failures"]),
+        ("drain after the last write", f"{r['drain_s']:.1f} s, {r['behind']} behind"),
+        ("daemon RSS MiB (first, after warm-up, last, max)", rss_text),
+        ("RSS slope KiB/min", f"{r['rss_slope_kib_per_min']:+.1f}"),
+        ("daemon descriptors (min-max after warm-up)", f"{r['fds']['min']}-{r['fds']['max']}"),
+        ("descriptor slope per min", f"{r['fd_slope_per_min']:+.2f}"),
+        ("slopes", judged),
+        ("p50 ms (median of windows)", f"{r['p50_ms_median']:.1f}"),
+        (
+            "p99 ms per window (min / median / max)",
+            f"{p99['min']:.1f} / {p99['median']:.1f} / {p99['max']:.1f}",
+        ),
+        ("CPU cores: daemon, subscribers, MariaDB, writer", cpu_text),
+        ("daemon exit code", r["daemon_exit"]),
+        ("ERROR lines in the daemon's log", r["daemon_log_errors"]),
+        ("load average (1, 5, 15 min) before / after", load),
+        ("verdict", "; ".join(r["failures"]) or "pass"),
+    ]
+    return f"{r['machine']}\n\n" + md_table(["soak", "figure"], rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=30.0, help="of steady writes")
+    parser.add_argument("--subscribers", type=int, default=19_000)
+    parser.add_argument("--rate", type=float, default=10.0, help="rows (transactions) per second")
+    parser.add_argument(
+        "--churn", type=float, default=2.0, help="%% of connections reconnected per second"
+    )
+    parser.add_argument("--tables", type=int, default=1, help="channels the writer spreads over")
+    parser.add_argument("--processes", type=int, default=4, help="churning subscriber processes")
+    parser.add_argument("--timed", type=int, default=200, help="connections giving latencies")
+    parser.add_argument("--read-interval", type=float, default=1.0, help="seconds between reads")
+    parser.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
+    parser.add_argument("--warmup", type=float, default=180.0, help="seconds not in the slopes")
+    parser.add_argument("--drain", type=float, default=120.0, help="seconds to catch up at most")
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    args = parser.parse_args()
+    result = run(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(render(result))
+    sys.exit(1 if result["failures"] else 0)
+
+
+if __name__ == "__main__":
+    main()
