@@ -34,7 +34,7 @@ before its first subscription (there is no "before"), and nothing after it, as e
 reconnect resumes from the last event id the subscriber processed.
 
 Churn: every read tick each subscriber process closes `--churn` % per second of its
-connections (the timed ones excepted), alternately clean (what is pending read and
+established connections (the timed ones excepted), alternately clean (what is pending read and
 processed, then close: FIN) and abortive (SO_LINGER 0: RST, unread data discarded), and
 reconnects each at once with `TIDINGS.SUBSCRIBE <last id processed> <its channel>`.
 
@@ -348,8 +348,11 @@ class Subscribers:
     def churn(self, elapsed: float) -> None:
         if not self.spec.churn or not self.socks:
             return
-        self.owed += self.spec.churn * len(self.table) * elapsed
-        due = min(int(self.owed), len(self.socks))
+        # a share of the connections that are up: while reconnects wait out a stalled
+        # daemon's full accept queue, closing more of the rest would only pile them up
+        live = len(self.socks) - len(self.connecting)
+        self.owed += self.spec.churn * live * elapsed
+        due = min(int(self.owed), live)
         self.owed -= due
         for i in random.sample(sorted(self.socks), due):
             if i in self.connecting:
