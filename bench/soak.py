@@ -1051,8 +1051,8 @@ def main() -> None:
         "--resume-offset",
         type=int,
         default=0,
-        help="testing the checker: reconnects resume from the last id plus this "
-        "(1 skips an event, -1 repeats one), so the run must fail",
+        help="testing the checker: reconnects resume from the last id plus this (with "
+        "--filler 0 and one table, 1 skips an event, -1 repeats one): the run must fail",
     )
     args = parser.parse_args()
     # SIGTERM (timeout, a test's kill) unwinds like Ctrl-C: the daemon and MariaDB are stopped

@@ -69,6 +69,7 @@ def test_the_check_catches_a_skipped_event(tmp_path: Path) -> None:
         tmp_path,
         *("--minutes", "0.2", "--subscribers", "100", "--rate", "10", "--churn", "10"),
         *("--timed", "10", "--sample", "4", "--drain", "5", "--resume-offset", "1"),
+        *("--filler", "0"),  # then ids are consecutive within the channel
     )
     assert code == 1
     assert r["gaps"] > 0 and r["lost"] > 0
@@ -82,6 +83,7 @@ def test_the_check_catches_a_repeated_event(tmp_path: Path) -> None:
         tmp_path,
         *("--minutes", "0.2", "--subscribers", "100", "--rate", "10", "--churn", "10"),
         *("--timed", "10", "--sample", "4", "--drain", "5", "--resume-offset", "-1"),
+        *("--filler", "0"),
     )
     assert code == 1
     assert r["duplicates"] > 0 and r["received"] > r["accounted"]
