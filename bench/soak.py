@@ -13,8 +13,8 @@ What runs, each in a process of its own:
 - a private MariaDB (`tidings.sandbox.PrivateMariaDB`) with tables `soak.t0` ..
   `soak.t<T-1>` and `soak.filler`: `seq` (primary key), `sent_ns`, `pad`;
 - `tidings serve` reading its binlog, with `--state-dir`, `/metrics` on a free port and
-  history capped at about a minute of events: history fills up during the warm-up, so what
-  grows after it is a leak, not history doing its job;
+  history capped at about five minutes of events: history fills up during the warm-up, so
+  what grows after it is a leak, not history doing its job;
 - a writer committing one row per transaction (autocommit INSERT) at `--rate` rows/s,
   round-robin over the tables: the n-th row of a table has `seq` n (from 1) and `sent_ns` =
   `time.time_ns()` taken just before the INSERT;
@@ -747,8 +747,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     seconds = args.minutes * 60
     count = max(args.tables, round(seconds * args.rate))
     timed = min(args.timed, args.subscribers)
-    # a minute of events: full well within the warm-up
-    history = max(120, round((args.rate + args.filler) * 60))
+    # five minutes of events, full before the warm-up ends. Shorter, a subscriber whose
+    # reconnect waits out SYN retransmissions (1, 3, 7, 15, 31, 63 s) while a stalled daemon's
+    # accept queue is full comes back older than memory history, and each such resume
+    # re-reads the binlog from a mark, which stalls the daemon further
+    history = max(600, round((args.rate + args.filler) * 300))
     load_before = os.getloadavg()
     with contextlib.ExitStack() as stack:
         base = Path(tempfile.mkdtemp(prefix="tidings-soak-"))
@@ -1040,7 +1043,7 @@ def main() -> None:
     parser.add_argument("--timed", type=int, default=200, help="connections giving latencies")
     parser.add_argument("--read-interval", type=float, default=1.0, help="seconds between reads")
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
-    parser.add_argument("--warmup", type=float, default=180.0, help="seconds not in the slopes")
+    parser.add_argument("--warmup", type=float, default=360.0, help="seconds not in the slopes")
     parser.add_argument("--drain", type=float, default=120.0, help="seconds to catch up at most")
     parser.add_argument(
         "--json", type=Path, help="also write every figure and sample as one JSON object here"
