@@ -304,15 +304,20 @@ class Tidings(Server):
         server_id: int = 4242,
         output_limit: int = 16 << 20,
         workers: int = 1,
+        http_port: int | None = None,
+        extra: Sequence[str] = (),
     ) -> None:
         super().__init__()
-        cmd = [str(TIDINGS), "serve", "--resp", f"127.0.0.1:{self.port}", "--http", ""]
+        self.http_port = http_port
+        http = f"127.0.0.1:{http_port}" if http_port else ""
+        cmd = [str(TIDINGS), "serve", "--resp", f"127.0.0.1:{self.port}", "--http", http]
         cmd += ["--allow-publish"]
         cmd += ["--output-limit", str(output_limit)]
         if mysql:
             cmd += ["--mysql", mysql, "--server-id", str(server_id)]
         if workers > 1:
             cmd += ["--workers", str(workers)]
+        cmd += extra
         self.command = cmd
         self.workers = workers
         self.logfile = logdir / f"tidings-{self.port}.log"
@@ -339,6 +344,20 @@ class Tidings(Server):
     def waited(self) -> float:
         """Seconds its processes were runnable but had no CPU (see `run_delay`)."""
         return sum(run_delay(pid) for pid in [self.pid, *children(self.pid)])
+
+    def metrics(self) -> dict[str, float]:
+        """/metrics (needs `http_port`) as {'name{labels}': value}."""
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
 
 
 class Redis(Server):

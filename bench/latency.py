@@ -70,26 +70,28 @@ class WriterReport:
     slowest: float = 0.0  # longest single send + reply (a commit that stalled), seconds
 
 
+def paced(report: WriterReport, rate: float, count: int, send_one: Callable[[], None]) -> None:
+    """Call `send_one` `count` times, `rate` times a second by the wall clock; fill `report`."""
+    interval = 1.0 / rate
+    t_cpu = time.process_time()
+    t0 = last = time.monotonic()
+    for i in range(count):
+        due = t0 + i * interval
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)  # a load generator keeping a rate, not a test waiting
+        elif -delay > interval:
+            report.late += 1
+        last = time.monotonic()
+        send_one()
+        report.slowest = max(report.slowest, time.monotonic() - last)
+        report.sent += 1
+    report.cpu = time.process_time() - t_cpu
+    report.seconds = last - t0  # n sends span n - 1 intervals
+
+
 def _writer(ctrl: Connection, kind: str, port: int, rate: float, count: int) -> None:
     report = WriterReport()
-    interval = 1.0 / rate
-
-    def paced(send_one: Callable[[], None]) -> None:
-        t_cpu = time.process_time()
-        t0 = last = time.monotonic()
-        for i in range(count):
-            due = t0 + i * interval
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)  # a load generator keeping a rate, not a test waiting
-            elif -delay > interval:
-                report.late += 1
-            last = time.monotonic()
-            send_one()
-            report.slowest = max(report.slowest, time.monotonic() - last)
-            report.sent += 1
-        report.cpu = time.process_time() - t_cpu
-        report.seconds = last - t0  # n sends span n - 1 intervals
 
     if kind == "redis":
         sock = socket.create_connection(("127.0.0.1", port))
@@ -103,7 +105,7 @@ def _writer(ctrl: Connection, kind: str, port: int, rate: float, count: int) -> 
 
         ctrl.send("ready")
         ctrl.recv()
-        paced(publish)
+        paced(report, rate, count, publish)
         sock.close()
     elif kind == "mysql":
         import pymysql  # type: ignore[import-untyped]
@@ -119,7 +121,7 @@ def _writer(ctrl: Connection, kind: str, port: int, rate: float, count: int) -> 
 
         ctrl.send("ready")
         ctrl.recv()
-        paced(insert)
+        paced(report, rate, count, insert)
         conn.close()
     elif kind == "postgres":
         import asyncpg  # type: ignore[import-untyped]
@@ -135,7 +137,7 @@ def _writer(ctrl: Connection, kind: str, port: int, rate: float, count: int) -> 
 
         ctrl.send("ready")
         ctrl.recv()
-        paced(notify)
+        paced(report, rate, count, notify)
         loop.run_until_complete(pg.close())
         loop.close()
     ctrl.send(report)

@@ -26,8 +26,10 @@ Publishers (`publish`) are plain blocking sockets in their own processes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import multiprocessing as mp
+import os
 import re
 import select
 import socket
@@ -113,13 +115,25 @@ class Report:
     errors: list[str] = field(default_factory=list)
 
 
-def _connect(host: str, port: int, source: str) -> socket.socket:
+def _connect(host: str, port: int, source: str, *, wait: bool = True) -> socket.socket:
+    """A non-blocking socket connected from `source`; with wait=False the connection may
+    still be in progress (EPOLLOUT says when it is done, SO_ERROR how)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-    sock.bind((source, 0))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.connect((host, port))
-    sock.setblocking(False)
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((source, 0))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if wait:
+            sock.connect((host, port))
+            sock.setblocking(False)
+        else:
+            sock.setblocking(False)
+            err = sock.connect_ex((host, port))
+            if err not in (0, errno.EINPROGRESS):
+                raise OSError(err, os.strerror(err))
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
