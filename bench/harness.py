@@ -304,9 +304,13 @@ class Tidings(Server):
         server_id: int = 4242,
         output_limit: int = 16 << 20,
         workers: int = 1,
+        http: bool = False,
     ) -> None:
         super().__init__()
-        cmd = [str(TIDINGS), "serve", "--resp", f"127.0.0.1:{self.port}", "--http", ""]
+        #: the HTTP listener (WebSocket, /metrics), with `http`
+        self.http_port = free_port() if http else 0
+        listen = f"127.0.0.1:{self.http_port}" if http else ""
+        cmd = [str(TIDINGS), "serve", "--resp", f"127.0.0.1:{self.port}", "--http", listen]
         cmd += ["--allow-publish"]
         cmd += ["--output-limit", str(output_limit)]
         if mysql:
@@ -328,6 +332,20 @@ class Tidings(Server):
 
     def log_text(self) -> str:
         return self.logfile.read_text(errors="replace")
+
+    def metric(self, name: str) -> float:
+        """The sum of a /metrics family's samples (all labels), e.g.
+        `tidings_slow_consumers_cut_total`; needs `http`."""
+        with socket.create_connection(("127.0.0.1", self.http_port), timeout=10) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        total = 0.0
+        for line in data.decode().splitlines():
+            if line.startswith((name + " ", name + "{")):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
 
     def cpu(self) -> float:
         """The daemon's CPU: with workers, the supervisor's (the binlog reader) and theirs."""
@@ -352,6 +370,7 @@ class Redis(Server):
         if exe is None:
             raise FileNotFoundError("redis-server not found (apt-get install redis-server)")
         workdir.mkdir(parents=True, exist_ok=True)
+        self.logfile = workdir / f"redis-{self.port}.log"
         self.command = [
             exe,
             "--port",
@@ -369,7 +388,7 @@ class Redis(Server):
             "--dir",
             str(workdir),
             "--logfile",
-            str(workdir / f"redis-{self.port}.log"),
+            str(self.logfile),
             "--maxclients",
             "20000",  # redis lowers it to what RLIMIT_NOFILE allows, and logs so
             "--tcp-backlog",
@@ -379,6 +398,9 @@ class Redis(Server):
         ]
         self.proc = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)
         wait_resp(self.port, proc=self.proc)
+
+    def log_text(self) -> str:
+        return self.logfile.read_text(errors="replace")
 
     def version(self) -> str:
         out = subprocess.run(
