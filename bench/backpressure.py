@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fanout import Profiler
 from harness import Redis, Server, Tidings, log, machine, percentile, raise_nofile
 from harness import table as md_table
 from latency import Writer
@@ -94,7 +95,7 @@ def server_cut(server: Server) -> int:
     return server.log_text().count(REDIS_CUT)
 
 
-def one_run(name: str, stalled: int, args: argparse.Namespace, tmp: Path) -> Run:
+def one_run(name: str, stalled: int, args: argparse.Namespace, tmp: Path, label: str) -> Run:
     server: Server
     if name == "tidings":
         server = Tidings(tmp, output_limit=args.limit, http=True)
@@ -117,6 +118,9 @@ def one_run(name: str, stalled: int, args: argparse.Namespace, tmp: Path) -> Run
                 bulk = Writer("redis", server.port, args.bulk_rate, bulk_count, channel=b"bulk",
                               size=args.bulk_size)  # fmt: skip
                 live.start("stamps")
+                profiler = None
+                if args.profile and isinstance(server, Tidings):
+                    profiler = Profiler(server.pid, args.profile / f"{label}.txt")
                 cpu0 = server.cpu()
                 with PeakRss(server) as peak:
                     ticks.go()
@@ -126,6 +130,8 @@ def one_run(name: str, stalled: int, args: argparse.Namespace, tmp: Path) -> Run
                     live.expect(Expect(w.sent))
                     reports = live.results()
                 cpu = server.cpu() - cpu0
+                if profiler is not None:
+                    log(f"profile {label}:\n{profiler.stop()}")
                 rss_end = server.rss()
                 client_cut = stuck.drain().closed if stuck else 0
                 cut = server_cut(server)
@@ -158,22 +164,26 @@ def main() -> None:
     parser.add_argument("--live", type=int, default=10_000, help="live subscribers")
     parser.add_argument("--stalled", type=int, default=100, help="stalled subscribers")
     parser.add_argument("--limit", type=int, default=1 << 20, help="output limit, bytes")
-    parser.add_argument("--rate", type=float, default=10.0, help="ticks PUBLISHed per second")
+    parser.add_argument("--rate", type=float, default=5.0, help="ticks PUBLISHed per second")
     parser.add_argument("--payload", type=int, default=200, help="bytes per tick")
     parser.add_argument("--bulk-rate", type=float, default=25.0, help="bulk PUBLISH per second")
-    parser.add_argument("--bulk-size", type=int, default=16384, help="bytes per bulk message")
+    parser.add_argument("--bulk-size", type=int, default=32768, help="bytes per bulk message")
     parser.add_argument("--seconds", type=float, default=15.0, help="per run")
     parser.add_argument("--repeat", type=int, default=3, help="rounds (each: with and without)")
     parser.add_argument("--processes", type=int, default=4, help="live subscriber processes")
     parser.add_argument("--servers", default="tidings,redis")
+    parser.add_argument("--profile", type=Path, help="py-spy the daemon; raw stacks go here")
     args = parser.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     raise_nofile()
     runs: dict[tuple[str, int], list[Run]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.repeat):
             for name in args.servers.split(","):
                 for stalled in (0, args.stalled):
-                    r = one_run(name, stalled, args, Path(tmp))
+                    label = f"{name}-stalled{stalled}-round{round_ + 1}"
+                    r = one_run(name, stalled, args, Path(tmp), label)
                     runs.setdefault((name, stalled), []).append(r)
                     log(
                         f"round {round_ + 1} {name} stalled={stalled}: p50 {r.p50:.2f} "
