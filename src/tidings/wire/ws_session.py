@@ -345,6 +345,7 @@ class WsConnection(asyncio.Protocol):
         self._replays = ReplayQueue(self.outbox, self.service.flusher)
         self.service.connections[self] = None
         self._write(self._response)
+        self._response = b""  # written: no need to keep it for the connection's life
         if self.refused is not None:
             self._refuse(self.refused)
             return
