@@ -12,6 +12,10 @@ Two ways to publish, from one publisher connection in its own process:
 - pipelined: --batch PUBLISH commands in one write, then their replies (the server can
   coalesce a batch into one write per subscriber).
 
+Servers: `tidings` and `redis` (RESP subscribers), and `tidings-ws`: a tidings daemon
+whose subscribers are WebSocket clients (`GET /ws` upgrade and a subscribe message;
+the publisher still speaks RESP to it), the same run's RESP figure beside it.
+
 Payloads are --payload bytes (200). The subscribers are `loadgen.Fleet` processes
 (raw sockets, epoll, counting bytes: every frame has the same size). A run ends
 when every subscriber has received every message published; deliveries/s is the
@@ -20,6 +24,7 @@ subscriber processes and of the publisher are beside it: on 2 cores they share
 the machine, so read the server's CPU per delivery as well as the rate.
 
     .venv/bin/python bench/fanout.py [--subscribers 10000] [--profile DIR]
+        [--servers tidings,tidings-ws,redis] [--topologies one,many] [--modes single,pipelined]
 """
 
 from __future__ import annotations
@@ -36,7 +41,16 @@ from pathlib import Path
 
 from harness import VENV_BIN, Redis, Server, Tidings, log, machine, raise_nofile, resp_command
 from harness import table as md_table
-from loadgen import Expect, Fleet, Publisher, merge, resp_message_size, resp_subscribe
+from loadgen import (
+    Expect,
+    Fleet,
+    Publisher,
+    merge,
+    resp_message_size,
+    resp_subscribe,
+    ws_message_size,
+    ws_subscribe,
+)
 
 
 def channel_names(topology: str, n: int) -> list[bytes]:
@@ -147,9 +161,11 @@ def run_one(
     label: str,
     *,
     local_replies: bool = False,
+    frame: int = 0,
 ) -> Run:
     """One measured run; `local_replies`: PUBLISH counts one worker's subscribers only
-    (tidings --workers), so its first reply is not checked against the fleet."""
+    (tidings --workers), so its first reply is not checked against the fleet; `frame`:
+    bytes per delivered message (default: a RESP message on channels[0])."""
     batch = 1 if mode == "single" else args.batch
     if len(channels) == 1:
         count = args.single_count if mode == "single" else args.pipelined_count
@@ -157,7 +173,7 @@ def run_one(
         count = args.many_single_count if mode == "single" else args.many_pipelined_count
     count = max(batch, count // batch * batch)
     blobs = publish_blobs(channels, payload, batch)
-    frame = resp_message_size(channels[0], len(payload))
+    frame = frame or resp_message_size(channels[0], len(payload))
     publisher = Publisher(server.port, blobs, batch, count, args.seconds)
     fleet.start("count")
     profiler = Profiler(server.pid, profile_dir / f"{label}.txt") if profile_dir else None
@@ -219,19 +235,20 @@ def main() -> None:
         for name in args.servers.split(","):
             for topology in topologies:
                 channels = channel_names(topology, args.subscribers)
-                hellos = [
-                    resp_subscribe(channels[i % len(channels)]) for i in range(args.subscribers)
-                ]
+                ws = name == "tidings-ws"
+                subscribe = ws_subscribe if ws else resp_subscribe
+                hellos = [subscribe(channels[i % len(channels)]) for i in range(args.subscribers)]
                 server: Server
-                if name == "tidings":
-                    server = Tidings(Path(tmp))
+                if name.startswith("tidings"):
+                    server = Tidings(Path(tmp), http=ws)
                 else:
                     server = Redis(Path(tmp) / "redis")
                     versions["redis"] = server.version()
                 with server:
                     t0 = time.monotonic()
                     rss0 = server.rss()
-                    with Fleet("127.0.0.1", server.port, hellos, processes=args.processes) as fleet:
+                    port = server.http_port if isinstance(server, Tidings) and ws else server.port
+                    with Fleet("127.0.0.1", port, hellos, processes=args.processes) as fleet:
                         log(
                             f"{name} {topology}: {fleet.size} subscribers in "
                             f"{time.monotonic() - t0:.1f}s, server RSS "
@@ -246,8 +263,9 @@ def main() -> None:
                                 payload,
                                 mode,
                                 args,
-                                profile_dir if name == "tidings" else None,
+                                profile_dir if name.startswith("tidings") else None,
                                 label,
+                                frame=ws_message_size(len(payload)) if ws else 0,
                             )
                             results[(topology, mode, name)] = r
                             log(
@@ -263,6 +281,7 @@ def main() -> None:
     for topology in topologies:
         for mode in modes:
             anchor = results.get((topology, mode, "redis"))
+            resp_run = results.get((topology, mode, "tidings"))
             for name in args.servers.split(","):
                 found = results.get((topology, mode, name))
                 if found is None:
@@ -274,6 +293,7 @@ def main() -> None:
                     else f"{args.subscribers:,} channels x 1 sub"
                 )
                 ratio = f"{r.rate / anchor.rate:.2f}x" if anchor else "-"
+                vs_resp = f"{r.rate / resp_run.rate:.2f}x" if resp_run and name != "redis" else "-"
                 complete = (
                     "yes" if r.deliveries == r.expected else f"{r.deliveries:,}/{r.expected:,}"
                 )
@@ -284,6 +304,7 @@ def main() -> None:
                         name,
                         r.rate,
                         ratio,
+                        vs_resp,
                         r.elapsed,
                         r.server_cpu,
                         1e6 * r.server_cpu / max(1, r.deliveries),
@@ -301,6 +322,7 @@ def main() -> None:
                 "server",
                 "deliveries/s",
                 "vs redis",
+                "vs tidings (RESP)",
                 "seconds",
                 "server CPU s",
                 "server CPU us/delivery",

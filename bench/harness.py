@@ -305,12 +305,14 @@ class Tidings(Server):
         output_limit: int = 16 << 20,
         workers: int = 1,
         http_port: int | None = None,
+        http: bool = False,
         extra: Sequence[str] = (),
     ) -> None:
         super().__init__()
-        self.http_port = http_port
-        http = f"127.0.0.1:{http_port}" if http_port else ""
-        cmd = [str(TIDINGS), "serve", "--resp", f"127.0.0.1:{self.port}", "--http", http]
+        #: the HTTP listener (WebSocket, /metrics): `http_port`, or a free one with `http`
+        self.http_port = http_port or (free_port() if http else 0)
+        listen = f"127.0.0.1:{self.http_port}" if self.http_port else ""
+        cmd = [str(TIDINGS), "serve", "--resp", f"127.0.0.1:{self.port}", "--http", listen]
         cmd += ["--allow-publish"]
         cmd += ["--output-limit", str(output_limit)]
         if mysql:
@@ -334,6 +336,11 @@ class Tidings(Server):
     def log_text(self) -> str:
         return self.logfile.read_text(errors="replace")
 
+    def metric(self, name: str) -> float:
+        """The sum of a /metrics family's samples (all labels), e.g.
+        `tidings_slow_consumers_cut_total`; needs the HTTP listener."""
+        return sum(v for k, v in self.metrics().items() if k == name or k.startswith(name + "{"))
+
     def cpu(self) -> float:
         """The daemon's CPU: with workers, the supervisor's (the binlog reader) and theirs."""
         return sum(tree_cpu(self.pid).values())
@@ -346,7 +353,7 @@ class Tidings(Server):
         return sum(run_delay(pid) for pid in [self.pid, *children(self.pid)])
 
     def metrics(self) -> dict[str, float]:
-        """/metrics (needs `http_port`) as {'name{labels}': value}."""
+        """/metrics (needs the HTTP listener) as {'name{labels}': value}."""
         import urllib.request
 
         url = f"http://127.0.0.1:{self.http_port}/metrics"
@@ -371,6 +378,7 @@ class Redis(Server):
         if exe is None:
             raise FileNotFoundError("redis-server not found (apt-get install redis-server)")
         workdir.mkdir(parents=True, exist_ok=True)
+        self.logfile = workdir / f"redis-{self.port}.log"
         self.command = [
             exe,
             "--port",
@@ -388,7 +396,7 @@ class Redis(Server):
             "--dir",
             str(workdir),
             "--logfile",
-            str(workdir / f"redis-{self.port}.log"),
+            str(self.logfile),
             "--maxclients",
             "20000",  # redis lowers it to what RLIMIT_NOFILE allows, and logs so
             "--tcp-backlog",
@@ -398,6 +406,9 @@ class Redis(Server):
         ]
         self.proc = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)
         wait_resp(self.port, proc=self.proc)
+
+    def log_text(self) -> str:
+        return self.logfile.read_text(errors="replace")
 
     def version(self) -> str:
         out = subprocess.run(

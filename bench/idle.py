@@ -5,12 +5,16 @@ one second of warm-up, the median of 5 batches, of 3 rounds interleaved between 
 servers, which are all up at once) to a
 server holding 0, 5,000 and then 19,000 idle connections (each SUBSCRIBEd to a
 channel of its own, and silent), opened by `loadgen.Fleet` processes from several
-127.0.0.x source addresses. The same for tidings and for redis-server. Beside it:
+127.0.0.x source addresses. The same for tidings and for redis-server; `tidings-ws`
+is a tidings daemon whose idle connections are WebSocket subscribers (upgrade, one
+subscribe message, then a pong every 15 s as a browser answers the server's
+pings; the active client still PINGs over RESP, in the same process). Beside it:
 the server's RSS per idle connection, and the cost of one select()/poll()/epoll
 call from Python with the same number of idle descriptors registered and one ready
 (why an epoll loop stays flat where select and poll grow with the idle count).
 
     .venv/bin/python bench/idle.py [--pings 20000] [--counts 0,5000,19000] [--workers N]
+        [--servers tidings,tidings-ws,redis]
 """
 
 from __future__ import annotations
@@ -21,13 +25,14 @@ import select
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 from harness import Redis, Server, Tidings, log, machine, percentile, raise_nofile
 from harness import table as md_table
-from loadgen import Fleet, Hello, _ctx, resp_subscribe
+from loadgen import Fleet, Hello, _ctx, resp_subscribe, ws_subscribe
 
 PING = b"*1\r\n$4\r\nPING\r\n"
 PONG = b"+PONG\r\n"
@@ -145,8 +150,17 @@ class Step:
     server_cpu: float
 
 
+@dataclass(slots=True)
+class Target:
+    """A server, and how its idle connections reach it."""
+
+    server: Server
+    port: int
+    hello: Callable[[bytes], Hello]
+
+
 def run(
-    servers: list[Server], counts: list[int], pings: int, rounds: int, bare: bool
+    targets: list[Target], counts: list[int], pings: int, rounds: int, bare: bool
 ) -> list[Step]:
     """Grow every server's idle connections to each count; ping them in turn, `rounds` times.
 
@@ -159,31 +173,32 @@ def run(
     held = 0
     source = 2
     try:
-        for target in counts:
-            more = target - held
+        for goal in counts:
+            more = goal - held
             if more > 0:
-                for server in servers:
+                for target in targets:
+                    server = target.server
                     t0 = time.monotonic()
                     hellos = [
-                        Hello(PING, PONG) if bare else resp_subscribe(b"idle:%d" % (held + i))
+                        Hello(PING, PONG) if bare else target.hello(b"idle:%d" % (held + i))
                         for i in range(more)
                     ]
                     processes = -(-more // PER_PROCESS)
                     fleets.append(
                         Fleet(
                             "127.0.0.1",
-                            server.port,
+                            target.port,
                             hellos,
                             processes=processes,
                             first_source=source,
                         )
                     )
                     source += processes
-                    log(f"{server.name}: {target} idle connections ({time.monotonic() - t0:.1f}s)")
-                held = target
+                    log(f"{server.name}: {goal} idle connections ({time.monotonic() - t0:.1f}s)")
+                held = goal
             found: dict[str, list[Step]] = {}
             for _ in range(rounds):
-                for server in servers:
+                for server in (t.server for t in targets):
                     cpu0 = server.cpu()
                     result = ping(server.port, pings)
                     cpu = server.cpu() - cpu0
@@ -215,25 +230,33 @@ def main() -> None:
         "--bare", action="store_true", help="idle connections only PING once (no SUBSCRIBE)"
     )
     args = parser.parse_args()
+    if args.bare and "tidings-ws" in args.servers.split(","):
+        parser.error("--bare idle connections speak RESP only")
     raise_nofile()
     counts = sorted(int(c) for c in args.counts.split(","))
 
     version = "-"
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        servers: list[Server] = []
+        targets: list[Target] = []
         for name in args.servers.split(","):
-            if name == "tidings":
-                tidings = stack.enter_context(Tidings(tmp, workers=args.workers))
+            if name.startswith("tidings"):
+                ws = name == "tidings-ws"
+                tidings = stack.enter_context(Tidings(tmp, workers=args.workers, http=ws))
+                if ws:
+                    tidings.name = "tidings (WebSocket)"
                 if args.workers > 1:
-                    tidings.name = f"tidings --workers {args.workers}"
-                servers.append(tidings)
+                    tidings.name += f" --workers {args.workers}"
+                port, hello = (
+                    (tidings.http_port, ws_subscribe) if ws else (tidings.port, resp_subscribe)
+                )
+                targets.append(Target(tidings, port, hello))
             else:
                 redis = Redis(tmp / "redis")
                 stack.enter_context(redis)
                 version = redis.version()
-                servers.append(redis)
-        steps = run(servers, counts, args.pings, args.rounds, args.bare)
+                targets.append(Target(redis, redis.port, resp_subscribe))
+        steps = run(targets, counts, args.pings, args.rounds, args.bare)
     # one process holds the descriptors: up to its limit (the 100,000 of --workers 6 do not fit)
     limit = raise_nofile() - 100
     micro = {n: multiplex_cost(n) for n in sorted({*counts, 1000}) if n <= limit}

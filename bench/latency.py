@@ -90,7 +90,9 @@ def paced(report: WriterReport, rate: float, count: int, send_one: Callable[[], 
     report.seconds = last - t0  # n sends span n - 1 intervals
 
 
-def _writer(ctrl: Connection, kind: str, port: int, rate: float, count: int) -> None:
+def _writer(
+    ctrl: Connection, kind: str, port: int, rate: float, count: int, channel: bytes, size: int
+) -> None:
     report = WriterReport()
 
     if kind == "redis":
@@ -98,7 +100,7 @@ def _writer(ctrl: Connection, kind: str, port: int, rate: float, count: int) -> 
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def publish() -> None:
-            sock.sendall(resp_command(b"PUBLISH", b"ticks", stamped(PAYLOAD)))
+            sock.sendall(resp_command(b"PUBLISH", channel, stamped(size)))
             reply = sock.recv(64)
             if not reply.startswith(b":"):
                 raise RuntimeError(f"PUBLISH replied {reply!r}")
@@ -144,19 +146,40 @@ def _writer(ctrl: Connection, kind: str, port: int, rate: float, count: int) -> 
 
 
 class Writer:
-    def __init__(self, kind: str, port: int, rate: float, count: int) -> None:
+    """A writer process; `channel` and `size` (payload bytes) are for the "redis" kind
+    (RESP PUBLISH, to redis-server or tidings)."""
+
+    def __init__(
+        self,
+        kind: str,
+        port: int,
+        rate: float,
+        count: int,
+        *,
+        channel: bytes = b"ticks",
+        size: int = PAYLOAD,
+    ) -> None:
         self.conn, child = _ctx.Pipe()
-        self.proc = _ctx.Process(target=_writer, args=(child, kind, port, rate, count), daemon=True)
+        self.proc = _ctx.Process(
+            target=_writer, args=(child, kind, port, rate, count, channel, size), daemon=True
+        )
         self.proc.start()
         child.close()
         if self.conn.recv() != "ready":
             raise RuntimeError("writer failed")
 
-    def run(self) -> WriterReport:
+    def go(self) -> None:
         self.conn.send("go")
+
+    def result(self) -> WriterReport:
+        """Once it has written everything (after `go`)."""
         report: WriterReport = self.conn.recv()
         self.proc.join(10)
         return report
+
+    def run(self) -> WriterReport:
+        self.go()
+        return self.result()
 
 
 # -- one scenario -------------------------------------------------------------------------------

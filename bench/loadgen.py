@@ -6,7 +6,8 @@ connections over raw non-blocking sockets and one `select.epoll`, from its own
 descriptors or ephemeral ports). The same fleet drives tidings, redis-server
 and PostgreSQL: a connection is just `hello` bytes to send and a `terminator`
 to wait for (`times` times) before it counts as ready: a RESP SUBSCRIBE and
-its confirmation, or a PostgreSQL startup + LISTEN and two ReadyForQuery.
+its confirmation, a WebSocket upgrade + subscribe message and its
+`subscribed` reply, or a PostgreSQL startup + LISTEN and two ReadyForQuery.
 
 After the handshake a worker does one of three things, as the parent says:
 
@@ -16,7 +17,13 @@ After the handshake a worker does one of three things, as the parent says:
   over, find each `T=<19 digits>` (time.time_ns() at the sender) and keep receipt
   time minus stamp, one sample per message per connection (parsing after the run
   keeps the generator's per-message cost, which delays later sockets, small);
-- idle: hold the connections and read nothing.
+- idle: hold the connections and read nothing (the default between commands);
+- drain: read and discard until the server has closed each connection or nothing
+  came for a while; report how many it closed (stalled subscribers, cut off).
+
+A WebSocket connection also sends a pong every KEEPALIVE seconds, whatever the mode
+(the server closes a client that stays silent for a whole ping interval, as a
+browser never does), and the server's keepalive pings are left out of byte counts.
 
 Each worker reports its own CPU seconds for the measured phase (time.process_time), so a
 table can show whether the generator or the server was the bottleneck.
@@ -41,10 +48,15 @@ from multiprocessing.connection import Connection
 
 from harness import raise_nofile, resp_command
 
+from tidings.wire import websocket as ws
+from tidings.wire.ws_session import KEEPALIVE_PING
+
 IP_BIND_ADDRESS_NO_PORT = 24  # Linux: pick the source port at connect(), per destination
 STAMP = re.compile(rb"T=(\d{19})")
 HANDSHAKE_BATCH = 256  # connections in flight before waiting for their handshakes
 QUIET = 5.0  # seconds without data after which a worker gives up waiting for the rest
+KEEPALIVE = 15.0  # seconds between a WebSocket client's pongs (tidings pings every 20 s)
+WS_MASK = b"\x1f\x2e\x3d\x4c"  # a client's frames must be masked; the key need not vary here
 
 _ctx = mp.get_context("fork")
 
@@ -56,10 +68,29 @@ class Hello:
     data: bytes
     terminator: bytes
     times: int = 1
+    #: sent every KEEPALIVE seconds while the connection is held
+    keepalive: bytes = b""
+    #: a frame the server sends unasked (a keepalive ping), left out of byte counts
+    noise: bytes = b""
 
 
-def resp_subscribe(channel: bytes) -> Hello:
-    return Hello(resp_command(b"SUBSCRIBE", channel), b":1\r\n")
+def resp_subscribe(*channels: bytes) -> Hello:
+    return Hello(resp_command(b"SUBSCRIBE", *channels), b":%d\r\n" % len(channels))
+
+
+def ws_subscribe(channel: bytes) -> Hello:
+    """A WebSocket upgrade of `GET /ws` and, pipelined behind it, a subscribe message."""
+    upgrade = (
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    subscribe = b'{"op":"subscribe","channel":"%b"}' % channel
+    return Hello(
+        upgrade + ws.mask_frame(ws.OP_TEXT, subscribe, WS_MASK),
+        b'"op":"subscribed"',
+        keepalive=ws.mask_frame(ws.OP_PONG, b"", WS_MASK),
+        noise=KEEPALIVE_PING,
+    )
 
 
 def pg_listen(channel: str, user: str = "postgres", database: str = "postgres") -> Hello:
@@ -80,6 +111,11 @@ def resp_message_size(channel: bytes, payload_size: int) -> int:
         )
         + payload_size
     )
+
+
+def ws_message_size(payload_size: int) -> int:
+    """Bytes of one WebSocket text frame (an event, or a PUBLISHed UTF-8 payload)."""
+    return len(ws.text_frame(b"x" * payload_size))
 
 
 @dataclass(slots=True, frozen=True)
@@ -154,17 +190,48 @@ def _worker(
         return
     ctrl.send(("ready", len(socks)))
     ep.register(ctrl.fileno(), select.EPOLLIN)
+    by_number = dict(hellos)
+    heart = Heartbeat([(s, by_number[index[fd]].keepalive) for fd, s in socks.items()])
+    noise = {fd: by_number[index[fd]].noise for fd in socks if by_number[index[fd]].noise}
     while True:
+        while not ctrl.poll(heart.wait()):
+            heart.beat(time.monotonic())
         command, arg = ctrl.recv()
         if command == "close":
             break
         if command == "count":
-            ctrl.send(("report", _measure(ep, ctrl, socks, index, arg, stamps=False)))
+            report = _measure(ep, ctrl, socks, index, arg, heart, noise, stamps=False)
+            ctrl.send(("report", report))
         elif command == "stamps":
-            ctrl.send(("report", _measure(ep, ctrl, socks, index, arg, stamps=True)))
+            report = _measure(ep, ctrl, socks, index, arg, heart, noise, stamps=True)
+            ctrl.send(("report", report))
+        elif command == "drain":
+            ctrl.send(("report", _drain(ep, socks, arg)))
     for sock in socks.values():
         sock.close()
     ctrl.send(("closed", None))
+
+
+class Heartbeat:
+    """Keepalive frames for the connections whose hello has one, every KEEPALIVE seconds."""
+
+    __slots__ = ("due", "targets")
+
+    def __init__(self, targets: list[tuple[socket.socket, bytes]]) -> None:
+        self.targets = [(sock, data) for sock, data in targets if data]
+        self.due = time.monotonic() + KEEPALIVE
+
+    def wait(self) -> float | None:
+        """Seconds until the next beat (None: never)."""
+        return max(0.0, self.due - time.monotonic()) if self.targets else None
+
+    def beat(self, now: float) -> None:
+        if not self.targets or now < self.due:
+            return
+        for sock, data in self.targets:
+            with contextlib.suppress(OSError):  # closed by the server: nobody to keep alive
+                sock.send(data)
+        self.due = now + KEEPALIVE
 
 
 def _handshake(
@@ -211,18 +278,21 @@ def _measure(
     socks: dict[int, socket.socket],
     index: dict[int, int],
     expect_of: Expect | None,
+    heart: Heartbeat,
+    noise: dict[int, bytes],
     *,
     stamps: bool,
 ) -> Report:
     """Receive until the parent's expectation (sent later as ("expect", f)) is met.
 
     `expect_of(i)` is what connection i must receive: bytes in count mode, messages
-    in stamps mode.
+    in stamps mode. `noise[fd]`: a frame of fd's server left out of the byte count.
     """
     t_cpu = time.process_time()
     report = Report(connections=len(socks))
     got: dict[int, int] = dict.fromkeys(socks, 0)
     tail: dict[int, bytes] = dict.fromkeys(socks, b"")  # last byte read: "T" + "=" split
+    noise_tail: dict[int, bytes] = dict.fromkeys(noise, b"")  # a noise frame split in two
     reads: list[tuple[int, int, bytes]] = []  # (fd, time.time_ns(), bytes) in stamps mode
     buf = bytearray(1 << 18)
     view = memoryview(buf)
@@ -237,6 +307,7 @@ def _measure(
     while True:
         events = ep.poll(0.5)
         now = time.monotonic()
+        heart.beat(now)
         for fd, _ in events:
             if fd == ctrl_fd:
                 command, arg = ctrl.recv()
@@ -263,7 +334,11 @@ def _measure(
                 report.first = now
             report.last = time.monotonic()
             last_data = report.last
-            report.received += n
+            size = n  # bytes of messages
+            pattern = noise.get(fd)
+            if pattern is not None:  # the server's pings are no messages
+                size -= len(pattern) * _count_noise(pattern, buf, n, noise_tail, fd)
+            report.received += size
             if stamps:
                 chunk = bytes(view[:n])
                 reads.append((fd, time.time_ns(), chunk))
@@ -272,8 +347,8 @@ def _measure(
                 got[fd] += k
                 total += k
             else:
-                got[fd] += n
-                total += n
+                got[fd] += size
+                total += size
         if expected_total >= 0 and total >= expected_total:
             break
         if expected_total >= 0 and now - last_data > QUIET:
@@ -284,6 +359,54 @@ def _measure(
     assert expect_of is not None
     report.short = sum(1 for fd, n in got.items() if n < expect_of(index[fd]))
     report.samples = _stamps(reads).tobytes() if stamps else b""
+    return report
+
+
+def _count_noise(pattern: bytes, buf: bytearray, n: int, tails: dict[int, bytes], fd: int) -> int:
+    """Occurrences of `pattern` in buf[:n], and across the boundary with fd's last read.
+
+    Most reads hold none: a memchr for its first byte (tens of GB/s) rules them out before
+    the slower substring count."""
+    keep = len(pattern) - 1
+    head = pattern[:1]
+    found = 0
+    previous = tails[fd]
+    if previous:  # keep bytes there and keep bytes here cannot hold a whole one: no double count
+        found += (previous + bytes(buf[: min(n, keep)])).count(pattern)
+    if buf.find(head, 0, n) >= 0:
+        found += buf.count(pattern, 0, n)
+    last = (previous + bytes(buf[:n]))[-keep:] if n < keep else bytes(buf[n - keep : n])
+    tails[fd] = last if head in last else b""  # only what could begin a split one
+    return found
+
+
+def _drain(ep: select.epoll, socks: dict[int, socket.socket], quiet: float) -> Report:
+    """Read and drop everything until the server closed each connection, or `quiet` seconds
+    without data: how many did it close (for stalled subscribers, the cut-offs)."""
+    t_cpu = time.process_time()
+    report = Report(connections=len(socks))
+    buf = bytearray(1 << 18)
+    open_socks = dict(socks)
+    last_data = time.monotonic()
+    while open_socks and time.monotonic() - last_data < quiet:
+        for fd, _ in ep.poll(0.2):
+            sock = open_socks.get(fd)
+            if sock is None:
+                continue
+            try:
+                n = sock.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:  # reset: an aborted connection is a closed one
+                n = 0
+            last_data = time.monotonic()
+            if n == 0:
+                report.closed += 1
+                ep.unregister(fd)
+                del open_socks[fd]
+            else:
+                report.received += n
+    report.cpu = time.process_time() - t_cpu
     return report
 
 
@@ -350,6 +473,13 @@ class Fleet:
         """What connection i (fleet-wide) must receive before the workers report."""
         for _, conn in self.workers:
             conn.send(("expect", f))
+
+    def drain(self, quiet: float = 2.0) -> Report:
+        """Read every connection until the server closed it or `quiet` seconds pass without
+        data; `closed` says how many the server had closed."""
+        for _, conn in self.workers:
+            conn.send(("drain", quiet))
+        return merge(self.results())
 
     def results(self) -> list[Report]:
         out = []

@@ -7,6 +7,7 @@ with `hub.publish` / `hub.publish_record`, as the daemon does.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tidings.hub import Hub
 from tidings.source.changes import Position
 from tidings.wire import ws_session
-from tidings.wire.http_server import HttpService, HttpSettings
+from tidings.wire.http_server import HttpConnection, HttpService, HttpSettings
 from tidings.wire.origins import Origins
 
 TIMEOUT = 10
@@ -601,6 +602,25 @@ async def test_ws_handshakes_from_other_origins_are_refused_at_the_listener() ->
         head = await asyncio.wait_for(allowed.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
         assert head.startswith(b"HTTP/1.1 101 ")
         allowed.close()
+
+
+async def test_a_websocket_keeps_its_admission_but_not_the_http_connection() -> None:
+    """Memory per idle WebSocket (bench/idle.py): after the upgrade nothing holds the
+    HTTP connection object (its parser and outbox), yet closing gives the place back."""
+    async with running() as srv:
+        client = await srv.connect()
+        client.send(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert srv.service.admission.open == 1
+        gc.collect()
+        assert [o for o in gc.get_objects() if isinstance(o, HttpConnection)] == []
+        client.close()
+        await until(lambda: srv.service.admission.open == 0, "the place given back")
+        assert srv.service.admission.by_host == {}
 
 
 # -- /stats and the dashboard ----------------------------------------------------------------------

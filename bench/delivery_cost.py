@@ -1,0 +1,158 @@
+"""Where one delivery's time goes, when each delivery is its own send (one event, many
+subscribers, as in bench/latency.py): the Python around the send, and the send itself.
+
+1. Python: `Hub.publish` of one event to N `RespConnection`s (real objects, real
+   `Outbox`es) and the `Flusher`'s pass that writes them, with the transport's methods
+   replaced by C builtins that do nothing (`list.append`, `bool`, `int`): what is left
+   is the bookkeeping tidings adds around each system call.
+2. The send: N loopback TCP connections (the readers drain them in another process);
+   one round writes --size bytes to each, through uvloop's `transport.write`, and
+   through `os.write` on the same descriptors (the system call alone).
+
+CPU time per delivery, median of --rounds rounds.
+
+    .venv/bin/python bench/delivery_cost.py [--subscribers 1000] [--rounds 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import select
+import socket
+import statistics
+import time
+from typing import Any, cast
+
+import uvloop
+from harness import machine
+from harness import table as md_table
+from loadgen import _ctx
+
+from tidings.hub import Hub
+from tidings.wire.resp_server import RespService
+
+
+class FreeTransport:
+    """The methods an `Outbox` calls, as C builtins that do (almost) nothing."""
+
+    def __init__(self, number: int) -> None:
+        self.sink: list[bytes] = []
+        self.write = self.sink.append
+        self.is_closing = bool  # bool() is False
+        self.get_write_buffer_size = int  # int() is 0
+        self.peer = ("127.0.0.2", 40000 + number)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (16384, 65536)
+
+    def set_write_buffer_limits(self, high: int | None = None) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.peer if name == "peername" else default
+
+
+async def python_path(subscribers: int, size: int, rounds: int) -> float:
+    """Microseconds of CPU per delivery: publish + flush, the transport calls free."""
+    hub = Hub(history_events=0)
+    service = RespService(hub)
+    transports = []
+    for i in range(subscribers):
+        transport = FreeTransport(i)
+        conn = service.protocol()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        hub.subscribe(conn, "ticks")
+        transports.append(transport)
+    flusher = service.flusher
+    body = b"x" * size
+    times = []
+    for _ in range(rounds):
+        t0 = time.process_time()
+        hub.publish("ticks", body)
+        flusher._flush()  # what the loop's call_soon would run
+        times.append(time.process_time() - t0)
+        for transport in transports:
+            transport.sink.clear()
+    return statistics.median(times) / subscribers * 1e6
+
+
+def _drain(port: int, subscribers: int) -> None:
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(subscribers)]
+    ep = select.epoll()
+    by_fd = {}
+    for sock in socks:
+        sock.setblocking(False)
+        ep.register(sock.fileno(), select.EPOLLIN)
+        by_fd[sock.fileno()] = sock
+    buf = bytearray(1 << 16)
+    while by_fd:
+        for fd, _ in ep.poll(1.0):
+            try:
+                if by_fd[fd].recv_into(buf) == 0:
+                    ep.unregister(fd)
+                    del by_fd[fd]
+            except BlockingIOError:
+                pass
+
+
+async def sends(subscribers: int, size: int, rounds: int) -> dict[str, float]:
+    """Microseconds of CPU per send: uvloop's transport.write against os.write."""
+    loop = asyncio.get_running_loop()
+    transports: list[asyncio.Transport] = []
+
+    class Sink(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            # uvloop's transports are not asyncio.Transport subclasses, but have its methods
+            transports.append(cast(asyncio.Transport, transport))
+
+    server = await loop.create_server(Sink, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader = _ctx.Process(target=_drain, args=(port, subscribers), daemon=True)
+    reader.start()
+    while len(transports) < subscribers:
+        await asyncio.sleep(0.01)
+    fds = [t.get_extra_info("socket").fileno() for t in transports]
+    data = b"x" * size
+    times: dict[str, list[float]] = {"transport.write": [], "os.write": []}
+    write = os.write
+    for _ in range(rounds):
+        t0 = time.process_time()
+        for transport in transports:
+            transport.write(data)
+        times["transport.write"].append(time.process_time() - t0)
+        await asyncio.sleep(0.002)  # the reader drains
+        t0 = time.process_time()
+        for fd in fds:
+            write(fd, data)
+        times["os.write"].append(time.process_time() - t0)
+        await asyncio.sleep(0.002)
+    for transport in transports:
+        transport.close()
+    server.close()
+    await asyncio.sleep(0.2)
+    reader.join(10)
+    return {k: statistics.median(v) / subscribers * 1e6 for k, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=290, help="event bytes (latency.py's)")
+    parser.add_argument("--rounds", type=int, default=300)
+    args = parser.parse_args()
+    python = uvloop.run(python_path(args.subscribers, args.size, args.rounds))
+    send = uvloop.run(sends(args.subscribers, args.size, args.rounds))
+    print(f"\n{machine()}; {args.subscribers:,} subscribers, {args.size} B, median of "
+          f"{args.rounds} rounds")  # fmt: skip
+    rows = [
+        ["Python: Hub.publish + Flusher pass, transport calls free", python],
+        ["uvloop transport.write (the send, as tidings makes it)", send["transport.write"]],
+        ["os.write on the same sockets (the system call alone)", send["os.write"]],
+    ]
+    print(md_table(["per delivery", "CPU us"], rows))
+
+
+if __name__ == "__main__":
+    main()
