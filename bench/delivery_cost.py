@@ -4,7 +4,9 @@ subscribers, as in bench/latency.py): the Python around the send, and the send i
 1. Python: `Hub.publish` of one event to N `RespConnection`s (real objects, real
    `Outbox`es) and the `Flusher`'s pass that writes them, with the transport's methods
    replaced by C builtins that do nothing (`list.append`, `bool`, `int`): what is left
-   is the bookkeeping tidings adds around each system call.
+   is the bookkeeping tidings adds around each system call. The same for the many-channel
+   fan-out: a client's PUBLISHes, pipelined 100 to a write, each to one of N channels of
+   one subscriber (parsing, the command, the hub, the reply), and their parsing alone.
 2. The send: N loopback TCP connections (the readers drain them in another process);
    one round writes --size bytes to each, through uvloop's `transport.write`, and
    through `os.write` on the same descriptors (the system call alone).
@@ -26,12 +28,13 @@ import time
 from typing import Any, cast
 
 import uvloop
-from harness import machine
+from harness import machine, resp_command
 from harness import table as md_table
 from loadgen import _ctx
 
 from tidings.hub import Hub
-from tidings.wire.resp_server import RespService
+from tidings.wire.resp import RespParser
+from tidings.wire.resp_server import RespService, RespSettings
 
 
 class FreeTransport:
@@ -76,6 +79,46 @@ async def python_path(subscribers: int, size: int, rounds: int) -> float:
         for transport in transports:
             transport.sink.clear()
     return statistics.median(times) / subscribers * 1e6
+
+
+async def publish_path(channels: int, size: int, rounds: int) -> tuple[float, float]:
+    """Microseconds of CPU per PUBLISH to a channel of one subscriber, all of it and the
+    parsing alone, the transport calls free."""
+    hub = Hub()
+    service = RespService(hub, RespSettings(allow_publish=True))
+    transports = []
+    for i in range(channels):
+        transport = FreeTransport(i)
+        conn = service.protocol()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        hub.subscribe(conn, f"c{i}")
+        transports.append(transport)
+    publisher_transport = FreeTransport(channels)
+    publisher = service.protocol()
+    publisher.connection_made(publisher_transport)  # type: ignore[arg-type]
+    payload = b"x" * size
+    blobs = [
+        b"".join(resp_command(b"PUBLISH", b"c%d" % (i + k), payload) for k in range(100))
+        for i in range(0, channels - 99, 100)
+    ]
+    whole, parsing = [], []
+    parser = RespParser()
+    for r in range(rounds):
+        blob = blobs[r % len(blobs)]
+        t0 = time.process_time()
+        publisher.data_received(blob)
+        service.flusher._flush()
+        whole.append(time.process_time() - t0)
+        t0 = time.process_time()
+        parser.feed(blob)
+        while parser.next_command() is not None:
+            pass
+        parsing.append(time.process_time() - t0)
+        publisher_transport.sink.clear()
+        if r % len(blobs) == len(blobs) - 1:
+            for transport in transports:
+                transport.sink.clear()
+    return statistics.median(whole) * 1e4, statistics.median(parsing) * 1e4  # / 100 * 1e6
 
 
 def _drain(port: int, subscribers: int) -> None:
@@ -141,8 +184,10 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--size", type=int, default=290, help="event bytes (latency.py's)")
     parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--channels", type=int, default=10_000, help="many-channel case")
     args = parser.parse_args()
     python = uvloop.run(python_path(args.subscribers, args.size, args.rounds))
+    publish, parse = uvloop.run(publish_path(args.channels, 200, args.rounds * 10))
     send = uvloop.run(sends(args.subscribers, args.size, args.rounds))
     print(f"\n{machine()}; {args.subscribers:,} subscribers, {args.size} B, median of "
           f"{args.rounds} rounds")  # fmt: skip
@@ -150,6 +195,12 @@ def main() -> None:
         ["Python: Hub.publish + Flusher pass, transport calls free", python],
         ["uvloop transport.write (the send, as tidings makes it)", send["transport.write"]],
         ["os.write on the same sockets (the system call alone)", send["os.write"]],
+        [
+            f"Python: PUBLISH (pipelined x100, 200 B) to 1 of {args.channels:,} channels of 1 "
+            "subscriber, the transport calls free",
+            publish,
+        ],
+        ["of which RESP parsing of the PUBLISH", parse],
     ]
     print(md_table(["per delivery", "CPU us"], rows))
 
