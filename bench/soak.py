@@ -158,14 +158,15 @@ class Counters:
     reconnects: int = 0
     resets: int = 0  # of the reconnects, those that closed with RST
     behind: int = 0  # subscribers short of their table's last seq when the drain ended
-    notes: list[str] = field(default_factory=list)
+    notes: dict[str, list[str]] = field(default_factory=dict)  # the first few of each kind
 
     def violations(self) -> int:
         return self.gaps + self.duplicates + self.id_order + self.gap_messages + self.errors
 
-    def note(self, text: str) -> None:
-        if len(self.notes) < 5:
-            self.notes.append(text)
+    def note(self, kind: str, text: str) -> None:
+        seen = self.notes.setdefault(kind, [])
+        if len(seen) < 3:
+            seen.append(text)
 
 
 @dataclass(slots=True, frozen=True)
@@ -296,11 +297,11 @@ class Subscribers:
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as exc:
-            self.counters.note(f"subscriber {i}: {exc!r}")
+            self.counters.note("read error", f"subscriber {i}: {exc!r}")
             n = 0
         if n == 0:
             self.counters.server_closes += 1
-            self.counters.note(f"subscriber {i}: closed by the server after {self.carry[i]!r}")
+            self.counters.note("closed", f"subscriber {i}: closed after {self.carry[i]!r}")
             self.drop(i, abort=False)
             self.connect(i)
             return -1
@@ -318,10 +319,10 @@ class Subscribers:
         c = self.counters
         if GAP in complete:
             c.gap_messages += complete.count(GAP)
-            c.note(f"subscriber {i}: {complete[-300:]!r}")
+            c.note("gap message", f"subscriber {i}: {complete[-300:]!r}")
         if b"-ERR" in complete:
             c.errors += 1
-            c.note(f"subscriber {i}: {complete[-300:]!r}")
+            c.note("error reply", f"subscriber {i}: {complete[-300:]!r}")
         now = time.time_ns() if self.spec.timed else 0
         last_seq = self.last_seq[i]
         last_id = self.last_id[i]
@@ -333,12 +334,12 @@ class Subscribers:
                 if seq != last_seq + 1:
                     c.gaps += 1
                     c.missed += seq - last_seq - 1
-                    c.note(f"subscriber {i}: seq {seq} after {last_seq}")
+                    c.note("gap", f"subscriber {i}: seq {seq} after {last_seq}")
                 c.accounted += 1
                 last_seq = seq
             else:
                 c.duplicates += 1
-                c.note(f"subscriber {i}: seq {seq} again after {last_seq}")
+                c.note("duplicate", f"subscriber {i}: seq {seq} again after {last_seq}")
             if event_id > last_id:
                 last_id = event_id
             else:
@@ -422,7 +423,7 @@ class Subscribers:
 
     def failed(self, i: int, exc: OSError) -> None:
         self.counters.connect_failures += 1
-        self.counters.note(f"subscriber {i}: reconnect failed: {exc!r}")
+        self.counters.note("reconnect failed", f"subscriber {i}: {exc!r}")
         self.unconnected.append(i)
 
 
@@ -521,7 +522,8 @@ def total(counters: Sequence[Counters]) -> Counters:
         for f in dataclasses.fields(Counters):
             if f.name != "notes":
                 setattr(out, f.name, getattr(out, f.name) + getattr(c, f.name))
-        out.notes += c.notes
+        for kind, texts in c.notes.items():
+            out.notes.setdefault(kind, []).extend(texts)
     return out
 
 
@@ -1070,7 +1072,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run(args)
     if result["failures"]:
-        log("what the subscribers noted:\n" + "\n".join(result["notes"]))
+        noted = [f"{kind}: {text}" for kind, texts in result["notes"].items() for text in texts]
+        log("what the subscribers noted:\n" + "\n".join(noted))
         log("the daemon's log ends:\n" + "\n".join(result["daemon_log_tail"]))
     if args.json:
         args.json.write_text(json.dumps(result))
