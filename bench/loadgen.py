@@ -425,6 +425,21 @@ def _stamps(reads: list[tuple[int, int, bytes]]) -> array[int]:
     return samples
 
 
+def close_workers(workers: Sequence[tuple[mp.process.BaseProcess, Connection]]) -> None:
+    """Ask each worker process to close, give it 30 s to answer, then make sure it is gone."""
+    for _, conn in workers:
+        with contextlib.suppress(OSError, EOFError):
+            conn.send(("close", None))
+    for proc, conn in workers:
+        with contextlib.suppress(OSError, EOFError):
+            if conn.poll(30):
+                conn.recv()
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
 class Fleet:
     """Worker processes holding `len(hellos)` connections to host:port between them."""
 
@@ -491,17 +506,7 @@ class Fleet:
         return out
 
     def close(self) -> None:
-        for _, conn in self.workers:
-            with contextlib.suppress(OSError, EOFError):
-                conn.send(("close", None))
-        for proc, conn in self.workers:
-            with contextlib.suppress(OSError, EOFError):
-                if conn.poll(30):
-                    conn.recv()
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        close_workers(self.workers)
 
     def __enter__(self) -> Fleet:
         return self

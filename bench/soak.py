@@ -107,7 +107,7 @@ from harness import (
 )
 from harness import table as md_table
 from latency import WriterReport, paced
-from loadgen import Hello, _connect, _ctx, _handshake
+from loadgen import Hello, _connect, _ctx, _handshake, close_workers
 
 from tidings.sandbox import PrivateMariaDB
 
@@ -503,17 +503,7 @@ class Fleet:
         return replies
 
     def close(self) -> None:
-        for _, conn in self.workers:
-            with contextlib.suppress(OSError, EOFError):
-                conn.send(("close", None))
-        for proc, conn in self.workers:
-            with contextlib.suppress(OSError, EOFError):
-                if conn.poll(30):
-                    conn.recv()
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        close_workers(self.workers)
 
 
 def total(counters: Sequence[Counters]) -> Counters:
