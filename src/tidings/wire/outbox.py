@@ -48,6 +48,7 @@ from types import ModuleType
 __all__ = [
     "COMPILED",
     "EARLY_FLUSH",
+    "FLUSH_LOOP",
     "Flusher",
     "Outbox",
     "OutboxStats",
@@ -64,18 +65,19 @@ LINGER = 5.0
 log = logging.getLogger("tidings.wire.outbox")
 
 
-def _load_cflush() -> ModuleType | None:
-    """The compiled flush loop, unless absent (no compiler at install) or switched off."""
+def _load_cflush() -> tuple[ModuleType | None, str]:
+    """The compiled flush loop, unless absent (no compiler at install) or switched off;
+    and which loop runs, in words for the start-up log."""
     if os.environ.get("TIDINGS_PURE_PYTHON", "") not in ("", "0"):
-        return None
+        return None, "pure Python (TIDINGS_PURE_PYTHON is set)"
     try:
         from tidings.wire import _cflush  # type: ignore[attr-defined]
     except ImportError:
-        return None
-    return _cflush  # type: ignore[no-any-return]
+        return None, "pure Python (the extension tidings.wire._cflush is not built)"
+    return _cflush, "compiled (plain TCP queues sent from C)"
 
 
-_cflush = _load_cflush()
+_cflush, FLUSH_LOOP = _load_cflush()
 #: whether `Flusher` sends plain-TCP queues from C (see the module docstring)
 COMPILED = _cflush is not None
 
