@@ -12,9 +12,11 @@ Two ways to publish, from one publisher connection in its own process:
 - pipelined: --batch PUBLISH commands in one write, then their replies (the server can
   coalesce a batch into one write per subscriber).
 
-Servers: `tidings` and `redis` (RESP subscribers), and `tidings-ws`: a tidings daemon
+Servers: `tidings` and `redis` (RESP subscribers), `tidings-ws`: a tidings daemon
 whose subscribers are WebSocket clients (`GET /ws` upgrade and a subscribe message;
-the publisher still speaks RESP to it), the same run's RESP figure beside it.
+the publisher still speaks RESP to it), the same run's RESP figure beside it, and
+`tidings-py`: tidings with TIDINGS_PURE_PYTHON=1 (the pure-Python flush loop instead of
+the compiled one).
 
 Payloads are --payload bytes (200). The subscribers are `loadgen.Fleet` processes
 (raw sockets, epoll, counting bytes: every frame has the same size). A run ends
@@ -24,7 +26,8 @@ subscriber processes and of the publisher are beside it: on 2 cores they share
 the machine, so read the server's CPU per delivery as well as the rate.
 
     .venv/bin/python bench/fanout.py [--subscribers 10000] [--profile DIR]
-        [--servers tidings,tidings-ws,redis] [--topologies one,many] [--modes single,pipelined]
+        [--servers tidings,tidings-py,tidings-ws,redis] [--topologies one,many]
+        [--modes single,pipelined]
 """
 
 from __future__ import annotations
@@ -240,11 +243,14 @@ def main() -> None:
                 hellos = [subscribe(channels[i % len(channels)]) for i in range(args.subscribers)]
                 server: Server
                 if name.startswith("tidings"):
-                    server = Tidings(Path(tmp), http=ws)
+                    server = Tidings(Path(tmp), http=ws, pure_python=name == "tidings-py")
                 else:
                     server = Redis(Path(tmp) / "redis")
                     versions["redis"] = server.version()
                 with server:
+                    if isinstance(server, Tidings):
+                        time.sleep(0.2)  # the line follows the listener's by a moment
+                        log(f"{name}: flush loop {server.flush_loop()}")
                     t0 = time.monotonic()
                     rss0 = server.rss()
                     port = server.http_port if isinstance(server, Tidings) and ws else server.port

@@ -307,6 +307,7 @@ class Tidings(Server):
         http_port: int | None = None,
         http: bool = False,
         extra: Sequence[str] = (),
+        pure_python: bool = False,
     ) -> None:
         super().__init__()
         #: the HTTP listener (WebSocket, /metrics): `http_port`, or a free one with `http`
@@ -323,8 +324,10 @@ class Tidings(Server):
         self.command = cmd
         self.workers = workers
         self.logfile = logdir / f"tidings-{self.port}.log"
+        #: TIDINGS_PURE_PYTHON=1: the pure-Python flush loop instead of the compiled one
+        env = {**os.environ, "TIDINGS_PURE_PYTHON": "1" if pure_python else ""}
         with open(self.logfile, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         wait_resp(self.port, proc=self.proc)
         if workers > 1:  # every worker listening, or the first would take every client
             deadline = time.monotonic() + 30
@@ -335,6 +338,13 @@ class Tidings(Server):
 
     def log_text(self) -> str:
         return self.logfile.read_text(errors="replace")
+
+    def flush_loop(self) -> str:
+        """Which flush loop the daemon runs, from its start-up log line."""
+        for line in self.log_text().splitlines():
+            if "flush loop: " in line:
+                return line.split("flush loop: ", 1)[1]
+        return "?"
 
     def metric(self, name: str) -> float:
         """The sum of a /metrics family's samples (all labels), e.g.
