@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -162,6 +163,25 @@ async def test_a_peer_gone_leaves_the_error_to_the_transport(flush_path: str) ->
         box.write(b"lost")
         await asyncio.sleep(0)
         assert transport.writes == [b"lost"]
+
+
+async def test_nothing_is_sent_from_c_after_write_eof(flush_path: str) -> None:
+    class HalfClosing(FakeTransport):
+        eof = False
+
+        def write_eof(self) -> None:  # a loop's shutdown(2) may wait for the next iteration
+            self.eof = True
+
+    with pair() as (a, b):
+        box, transport, _ = make(a.fileno(), HalfClosing())
+        box.write(b"close frame")
+        box.write_eof()
+        assert cast(HalfClosing, transport).eof
+        assert drain(b) + b"".join(transport.writes) == b"close frame"
+        box.write(b"late")
+        await asyncio.sleep(0)
+        assert drain(b) == b""  # the real transport raises on this write: the usual report
+        assert transport.writes[-1] == b"late"
 
 
 async def test_a_subclass_or_a_foreign_object_is_flushed_by_its_own_method(

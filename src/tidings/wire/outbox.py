@@ -88,7 +88,8 @@ class OutboxStats:
 
     #: connections cut off because their output passed the limit
     slow_consumers_cut: int = 0
-    #: transport.write calls and the bytes they carried
+    #: writes to connections (transport.write, or a send(2) of the compiled flush) and the
+    #: bytes they carried
     writes: int = 0
     bytes_written: int = 0
     #: flush callbacks run (loop iterations that had output)
@@ -270,6 +271,14 @@ class Outbox:
         self._dirty = False
         if self._chunks and not self._paused and not self.closed:
             self._send()
+
+    def write_eof(self) -> None:
+        """Hand the queue over, then half-close the transport (OSError if the peer is gone).
+        From then on the transport refuses writes, and the compiled flush sends none: its
+        shutdown(2) may still be pending in the loop, so a send could land before the EOF."""
+        self.flush()
+        self._fd = -1
+        self.transport.write_eof()
 
     def _send(self) -> None:
         transport = self.transport
