@@ -69,6 +69,11 @@ def test_bad_values_name_the_setting(source: dict[str, str], message: str) -> No
         load(env=source)
 
 
+def test_the_pure_python_switch_is_not_a_setting() -> None:
+    """TIDINGS_PURE_PYTHON shares the prefix but is read by tidings.wire.outbox."""
+    assert load(env={"TIDINGS_PURE_PYTHON": "1"}) == load(env={})
+
+
 def test_bad_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load(tmp_path / "missing.toml", env={})

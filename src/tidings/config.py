@@ -473,6 +473,14 @@ def _defaults() -> dict[str, Any]:
     return {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
 
 
+#: variables with the settings' prefix that are not settings (read where they apply)
+NOT_SETTINGS = frozenset(
+    {
+        "TIDINGS_PURE_PYTHON",  # tidings.wire.outbox: the pure-Python flush loop, not the C one
+    }
+)
+
+
 def load(
     config_file: str | Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -502,7 +510,7 @@ def load(
         layers.append(layer)
     layer = {}
     for key, value in (os.environ if env is None else env).items():
-        if key.startswith("TIDINGS_"):
+        if key.startswith("TIDINGS_") and key not in NOT_SETTINGS:
             name = key[len("TIDINGS_") :].lower()
             if name not in known:
                 raise ConfigError(f"unknown environment variable {key}")
