@@ -104,6 +104,31 @@ static int ready(module_state *st, PyObject *box, struct iovec *iov, Py_ssize_t 
         PyErr_Clear();
         return 0;
     }
+    /* The transport still owns the fd and holds nothing. (asyncio's methods are Python:
+     * they run before the outbox's fields are read, so nothing they might set off matters.) */
+    PyObject *transport = slot_get(box, off[F_TRANSPORT]);
+    if (transport == NULL)
+        return 0;
+    Py_INCREF(transport);
+    PyObject *args[1] = {transport};
+    PyObject *res = PyObject_VectorcallMethod(
+        st->str_is_closing, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    int closing = res == NULL ? -1 : PyObject_IsTrue(res);
+    Py_XDECREF(res);
+    if (closing != 0) {
+        Py_DECREF(transport);
+        return closing < 0 ? -1 : 0;
+    }
+    res = PyObject_VectorcallMethod(st->str_get_write_buffer_size, args,
+                                    1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(transport);
+    if (res == NULL)
+        return -1;
+    int empty = PyLong_CheckExact(res) && PyObject_Not(res) == 1;
+    Py_DECREF(res);
+    if (!empty)
+        return 0;
+    /* From here to the send no Python code runs (the GIL is held): the checks stay true. */
     if (slot_get(box, off[F_PAUSED]) != Py_False || slot_get(box, off[F_CLOSED]) != Py_False)
         return 0;
     PyObject *backlog = slot_get(box, off[F_BACKLOG]);
@@ -124,28 +149,6 @@ static int ready(module_state *st, PyObject *box, struct iovec *iov, Py_ssize_t 
         iov[i].iov_len = (size_t)PyBytes_GET_SIZE(chunk);
         sum += PyBytes_GET_SIZE(chunk);
     }
-    /* Last, right before the send: the transport still owns the fd and holds nothing. */
-    PyObject *transport = slot_get(box, off[F_TRANSPORT]);
-    if (transport == NULL)
-        return 0;
-    PyObject *args[1] = {transport};
-    PyObject *res = PyObject_VectorcallMethod(
-        st->str_is_closing, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    if (res == NULL)
-        return -1;
-    int closing = PyObject_IsTrue(res);
-    Py_DECREF(res);
-    if (closing != 0)
-        return closing < 0 ? -1 : 0;
-    res = PyObject_VectorcallMethod(st->str_get_write_buffer_size, args,
-                                    1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    if (res == NULL)
-        return -1;
-    int empty = PyLong_CheckExact(res) && PyObject_Not(res) == 1;
-    Py_DECREF(res);
-    if (!empty)
-        return 0;
-    /* The chunks list is not touched by Python before the send: nothing runs in between. */
     *count = n;
     *total = sum;
     *fd_out = (int)fd;
