@@ -42,7 +42,7 @@ from tidings.wire.resp import RespParser
 from tidings.wire.resp_server import RespService, RespSettings
 
 try:
-    from tidings.wire import _cflush  # type: ignore[attr-defined]
+    from tidings.wire import _cflush
 except ImportError:  # not built: its row is left out
     _cflush = None
 

@@ -84,7 +84,7 @@ def flush_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     from tidings.wire import outbox
 
     if request.param == "compiled":
-        from tidings.wire import _cflush  # type: ignore[attr-defined]
+        from tidings.wire import _cflush
 
         _cflush.bind(outbox.Outbox)
         monkeypatch.setattr(outbox, "_cflush", _cflush)

@@ -220,7 +220,7 @@ def test_the_switch_and_the_missing_extension() -> None:
 
 
 def test_bind_refuses_a_class_without_the_slots() -> None:
-    from tidings.wire import _cflush  # type: ignore[attr-defined]
+    from tidings.wire import _cflush
 
     class NoSlots:
         _chunks: list[bytes] = []
@@ -241,7 +241,7 @@ iterations = st.lists(
 def test_bytes_arrive_once_and_in_order(
     path: str, rounds: list[list[bytes]], sndbuf: int, read: bool
 ) -> None:
-    from tidings.wire import _cflush  # type: ignore[attr-defined]
+    from tidings.wire import _cflush
 
     saved = outbox._cflush
     outbox._cflush = _cflush if path == "compiled" else None

@@ -71,7 +71,7 @@ def _load_cflush() -> tuple[ModuleType | None, str]:
     if os.environ.get("TIDINGS_PURE_PYTHON", "") not in ("", "0"):
         return None, "pure Python (TIDINGS_PURE_PYTHON is set)"
     try:
-        from tidings.wire import _cflush  # type: ignore[attr-defined]
+        from tidings.wire import _cflush
     except ImportError:
         return None, "pure Python (the extension tidings.wire._cflush is not built)"
     return _cflush, "compiled (plain TCP queues sent from C)"
