@@ -70,7 +70,7 @@ async def test_redis_py_subscribers_on_both_flush_paths(
         before = await asyncio.to_thread(resp_bytes_out, where)
 
         # 1. everyone stays: every row once, in order, and the counter is exact
-        await asyncio.to_thread(mariadb.sql, bulk_writes(schema, 500, per_txn=50))
+        await asyncio.to_thread(mariadb.sql, bulk_writes(schema, 500, per_txn=50), schema)
         got = await asyncio.gather(*(collect(s, 500) for s in subs))
         assert all(rows_of(frames) == list(range(1, 501)) for frames in got)
         after = await asyncio.to_thread(resp_bytes_out, where)
@@ -80,7 +80,7 @@ async def test_redis_py_subscribers_on_both_flush_paths(
         leaving = rng.sample(subs, 10)
         staying = [s for s in subs if s not in leaving]
         writer = asyncio.ensure_future(
-            asyncio.to_thread(mariadb.sql, bulk_writes(schema, 2000, first=501, per_txn=20))
+            asyncio.to_thread(mariadb.sql, bulk_writes(schema, 2000, first=501, per_txn=20), schema)
         )
         readers = [asyncio.ensure_future(collect(s, 2000)) for s in staying]
         await asyncio.sleep(0.05)
