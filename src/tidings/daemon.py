@@ -51,7 +51,7 @@ from tidings.systemd import Notifier
 from tidings.tls import ServerTls
 from tidings.wire.access import Authority, Throttle
 from tidings.wire.http_server import HttpService, HttpSettings
-from tidings.wire.limits import Admission, Limits
+from tidings.wire.limits import Admission, Limits, somaxconn
 from tidings.wire.origins import Origins
 from tidings.wire.resp_server import RespService, RespSettings
 from tidings.wire.snapshot_stream import SnapshotService
@@ -269,6 +269,10 @@ class Daemon:
             self.listening.set()
             return
         capacity = raise_fd_limit()
+        cap = somaxconn()
+        if cap is not None and cap < s.backlog:
+            log.info("listen backlog %d is capped by the kernel at net.core.somaxconn = %d",
+                     s.backlog, cap)  # fmt: skip
         reuse_port = self.reuse_port
         tls = self.tls
         timeout = s.tls_handshake_timeout
@@ -276,7 +280,12 @@ class Daemon:
             host, port = parse_hostport(s.resp)
             context = tls.context() if tls and s.tls_for("resp") else None
             server = await self.resp.start(
-                host, port, ssl=context, ssl_handshake_timeout=timeout, reuse_port=reuse_port
+                host,
+                port,
+                backlog=s.backlog,
+                ssl=context,
+                ssl_handshake_timeout=timeout,
+                reuse_port=reuse_port,
             )
             self.resp_address = server.sockets[0].getsockname()[:2]
             log.info("RESP (Redis pub/sub protocol%s) on %s:%d", ", TLS" if context else "",
@@ -285,7 +294,12 @@ class Daemon:
             host, port = parse_hostport(s.http)
             context = tls.context(alpn=["http/1.1"]) if tls and s.tls_for("http") else None
             server = await self.http.start(
-                host, port, ssl=context, ssl_handshake_timeout=timeout, reuse_port=reuse_port
+                host,
+                port,
+                backlog=s.backlog,
+                ssl=context,
+                ssl_handshake_timeout=timeout,
+                reuse_port=reuse_port,
             )
             self.http_address = server.sockets[0].getsockname()[:2]
             log.info("HTTP (SSE, WebSocket, API) on %s://%s:%d/", "https" if context else "http",

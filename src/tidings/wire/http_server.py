@@ -73,7 +73,7 @@ from tidings.source.changes import Position
 from tidings.wire import http, ws_session
 from tidings.wire.access import REALM, AuthError, Authority, bearer_token, uncovered
 from tidings.wire.http import HttpError, Request, RequestParser
-from tidings.wire.limits import Admission, Clock, peer_host
+from tidings.wire.limits import DEFAULT_BACKLOG, Admission, Clock, peer_host
 from tidings.wire.origins import ANY, Origins
 from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
 from tidings.wire.replay_queue import ReplayQueue
@@ -967,7 +967,7 @@ class HttpService:
         host: str,
         port: int,
         *,
-        backlog: int = 511,
+        backlog: int = DEFAULT_BACKLOG,
         ssl: SSLContext | None = None,
         ssl_handshake_timeout: float | None = None,
         reuse_port: bool = False,

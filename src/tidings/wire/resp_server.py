@@ -73,7 +73,7 @@ from tidings.hub.filters import FilterError
 from tidings.hub.resume import check_since
 from tidings.wire import resp
 from tidings.wire.access import AuthError, Authority, refusal, uncovered
-from tidings.wire.limits import Admission, Clock, peer_host
+from tidings.wire.limits import DEFAULT_BACKLOG, Admission, Clock, peer_host
 from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
 from tidings.wire.replay_queue import ReplayQueue
 from tidings.wire.snapshot_stream import SnapshotRequestError, SnapshotService, SnapshotStream
@@ -1258,12 +1258,12 @@ class RespService:
         host: str,
         port: int,
         *,
-        backlog: int = 511,
+        backlog: int = DEFAULT_BACKLOG,
         ssl: SSLContext | None = None,
         ssl_handshake_timeout: float | None = None,
         reuse_port: bool = False,
     ) -> asyncio.Server:
-        """Listen on host:port; `backlog` as redis's tcp-backlog (asyncio's 100 is small);
+        """Listen on host:port; `backlog`: the `backlog` setting (asyncio's 100 is small);
         with `ssl`, TLS only (tidings.tls); `reuse_port`: SO_REUSEPORT, so that worker
         processes share the port."""
         loop = asyncio.get_running_loop()
