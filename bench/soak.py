@@ -113,11 +113,10 @@ from tidings.sandbox import PrivateMariaDB
 
 SCHEMA = "soak"
 PAD = 100  # bytes of padding per row: an event of about 300 bytes
-#: a table written at --filler rows/s that no subscriber listens to. Besides being what a
-#: real database has, it keeps the daemon's history cycling: history's global log keeps up
-#: to 4,096 evicted events until it compacts (hub/history.py `_trim`), which at 2 events/s
-#: is a 34-minute climb of about 130 KiB/min that a 30-minute run cannot tell from a leak;
-#: at 22 events/s it is a 3-minute sawtooth
+#: a table written at --filler rows/s that no subscriber listens to: what a real database
+#: has. (It was also there to keep history cycling: history's global log used to keep up
+#: to 4,096 evicted events until it compacted, a 34-minute climb of about 130 KiB/min at
+#: 2 events/s. Evicted events are now freed at once: hub/history.py, `GONE`.)
 FILLER = "filler"
 # One row event, as the subscribers parse it: every number is followed by its delimiter,
 # so a number cut at the end of a read never matches. JSON has no raw CR, so `[^\r]*?`
