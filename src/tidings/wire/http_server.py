@@ -72,6 +72,7 @@ from tidings.hub.resume import check_since
 from tidings.source.changes import Position
 from tidings.wire import http, ws_session
 from tidings.wire.access import REALM, AuthError, Authority, bearer_token, uncovered
+from tidings.wire.hangups import Hangups, ordinary
 from tidings.wire.http import HttpError, Request, RequestParser
 from tidings.wire.limits import DEFAULT_BACKLOG, Admission, Clock, peer_host
 from tidings.wire.origins import ANY, Origins
@@ -374,6 +375,12 @@ class HttpConnection(asyncio.Protocol):
         self._replays.run()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if ordinary(exc):
+            assert exc is not None  # a client gone: counted, logged at debug (wire.hangups)
+            self.service.hangups.count(f"http id={self.id} addr={self.peer}", exc,
+                                       self.service.clock.now)  # fmt: skip
+        elif exc is not None:
+            log.info("http id=%d addr=%s: connection lost: %r", self.id, self.peer, exc)
         self._closed = True
         self.outbox.lost()
         self._leave()
@@ -886,6 +893,8 @@ class HttpService:
         #: the WebSocket service GET /ws hands connections to (None: accept() makes one
         #: from `settings`)
         self.websocket: ws_session.WsService | None = None
+        #: connections the client reset or broke off (counted; one info line a minute)
+        self.hangups = Hangups(log, "HTTP")
         #: with TLS: when the certificate being served expires (seconds since the epoch)
         self.tls_expiry: Callable[[], float] | None = None
         self.connections: dict[HttpConnection, None] = {}
@@ -909,8 +918,12 @@ class HttpService:
         self.loopback = False
 
     def _sweep(self, now: float) -> None:
-        """Once a second: close connections whose next request has not arrived within
-        request_timeout (a request begun gets 408; a silent keep-alive is just closed)."""
+        """Once a second: report hangups (HTTP's and WebSocket's); close connections whose
+        next request has not arrived within request_timeout (a request begun gets 408; a
+        silent keep-alive is just closed)."""
+        self.hangups.tick(now)
+        if self.websocket is not None:
+            self.websocket.hangups.tick(time.monotonic())
         timeout = self.admission.limits.request_timeout
         if timeout <= 0:
             return
