@@ -372,6 +372,8 @@ class Daemon:
             last_written=None if plan.new_epoch else checkpoint,
             events=self.event_options(),
         )
+        if self.http is not None:
+            self.http.checkpoints = writer  # /metrics, /stats and `tidings status` show it
         if plan.new_epoch:
             if checkpoint is not None:
                 log.warning("starting a new epoch: ids of epoch %d lose their meaning, "

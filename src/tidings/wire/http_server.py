@@ -103,6 +103,20 @@ _EXPIRED: Final = http.sse_comment(
     "disconnected: the token expired (reconnect with a fresh token and Last-Event-ID or since=)"
 )
 
+
+class CheckpointStatus(Protocol):
+    """What /metrics, /stats and `tidings status` read from the checkpoint writer
+    (tidings.state.writer.CheckpointWriter)."""
+
+    written: int
+    failures: int
+    last_error: str | None
+    failing_since: float | None
+
+    @property
+    def last_written_time(self) -> float | None: ...
+
+
 #: sends a client's publish on its way; returns the number of receivers (as RESP's)
 Publisher = Callable[[str, bytes], Awaitable[int]]
 
@@ -895,6 +909,8 @@ class HttpService:
         self.websocket: ws_session.WsService | None = None
         #: connections the client reset or broke off (counted; one info line a minute)
         self.hangups = Hangups(log, "HTTP")
+        #: with a state directory: its checkpoint writer (for /metrics and /stats)
+        self.checkpoints: CheckpointStatus | None = None
         #: with TLS: when the certificate being served expires (seconds since the epoch)
         self.tls_expiry: Callable[[], float] | None = None
         self.connections: dict[HttpConnection, None] = {}
@@ -1208,6 +1224,24 @@ class HttpService:
                 "Token attempts refused unchecked: their address failed too often.",
                 self.auth.throttle.refused,
             )
+        if (checkpoints := self.checkpoints) is not None:
+            out.counter("tidings_checkpoint_writes", "Checkpoints written to the state directory.",
+                        checkpoints.written)  # fmt: skip
+            out.counter(
+                "tidings_checkpoint_failures",
+                "Checkpoint writes that failed (disk full, read-only, gone); each is retried.",
+                checkpoints.failures,
+            )
+            out.gauge("tidings_checkpoint_failing",
+                      "1 while the checkpoint cannot be written (its last attempt failed).",
+                      int(checkpoints.last_error is not None))  # fmt: skip
+            written = checkpoints.last_written_time
+            out.gauge(
+                "tidings_checkpoint_age_seconds",
+                "Seconds since the checkpoint on disk was written (NaN: none yet); it grows "
+                "while no events flow, and while writes fail.",
+                math.nan if written is None else max(0.0, time.time() - written),
+            )
         if self.tls_expiry is not None:
             out.gauge("tidings_tls_certificate_expiry_timestamp_seconds",
                       "When the TLS certificate being served expires (its notAfter).",
@@ -1256,6 +1290,22 @@ class HttpService:
             "event_loop_lag_seconds": round(r.loop_lag, 6),
             "binlog": binlog,
             "busiest": self._busiest(r.channels, busiest),
+            "checkpoint": self._checkpoint_report(),
+        }
+
+    def _checkpoint_report(self) -> dict[str, Any] | None:
+        checkpoints = self.checkpoints
+        if checkpoints is None:
+            return None
+        now = time.time()
+        written, since = checkpoints.last_written_time, checkpoints.failing_since
+        return {
+            "written": checkpoints.written,
+            "failures": checkpoints.failures,
+            "failing": checkpoints.last_error is not None,
+            "last_error": checkpoints.last_error,
+            "failing_seconds": None if since is None else round(max(0.0, now - since), 3),
+            "age_seconds": None if written is None else round(max(0.0, now - written), 3),
         }
 
     def _busiest(self, subscribed: dict[str, int], limit: int) -> list[dict[str, Any]]:
