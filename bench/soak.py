@@ -630,9 +630,27 @@ class Sample:
     latency_samples: int
     loop_lag_ms: float
     daemon_cpu: float  # cores (CPU seconds per second) over the window
+    anon_kib: float  # the daemon's anonymous memory (/proc/PID/smaps_rollup)
+    malloc_heap_mib: float  # glibc's heaps, from the daemon's /metrics (NaN: not glibc)
+    malloc_in_use_mib: float
+    malloc_free_mib: float  # free inside the heaps, kept by the allocator
+    malloc_mmapped_mib: float
     mariadb_cpu: float
     subscribers_cpu: float
     writer_cpu: float
+
+
+#: the figures whose slope over the second half of the run is reported
+LATE_SLOPES = ("rss_kib", "anon_kib", "malloc_in_use_mib", "malloc_free_mib")
+
+
+def anonymous_kib(pid: int) -> float:
+    """The process's anonymous memory (heap, arenas, stacks): what a leak grows."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Anonymous:"):
+                return float(line.split()[1])
+    return float("nan")
 
 
 def fd_count(pid: int) -> int:
@@ -705,6 +723,10 @@ class Meter:
             lat.frombytes(r[2])
         ordered = sorted(lat)
         metrics = self.daemon.metrics()
+
+        def malloc(kind: str) -> float:
+            return metrics.get(f'tidings_malloc_bytes{{kind="{kind}"}}', float("nan")) / 2**20
+
         return Sample(
             t=now - self.t0,
             rss_kib=self.daemon.rss() / 1024,
@@ -721,6 +743,11 @@ class Meter:
             latency_samples=len(ordered),
             loop_lag_ms=metrics.get("tidings_event_loop_lag_seconds", float("nan")) * 1e3,
             daemon_cpu=used["daemon"],
+            anon_kib=anonymous_kib(self.daemon.pid),
+            malloc_heap_mib=malloc("heap"),
+            malloc_in_use_mib=malloc("in_use"),
+            malloc_free_mib=malloc("free"),
+            malloc_mmapped_mib=malloc("mmapped"),
             mariadb_cpu=used["mariadb"],
             subscribers_cpu=used["subscribers"],
             writer_cpu=used["writer"],
@@ -734,6 +761,7 @@ def progress(s: Sample) -> str:
         f" p50 {s.p50_ms:6.1f} p99 {s.p99_ms:6.1f} ms lag {s.loop_lag_ms:5.0f} ms"
         f" tcp {s.tcp_mib:5.0f} MiB"
         f" events {s.events:,} reconnects {s.reconnects:,} violations {s.violations}"
+        f" malloc heap {s.malloc_heap_mib:.1f} free {s.malloc_free_mib:.1f} MiB"
         f" cpu daemon {s.daemon_cpu:.2f} subs {s.subscribers_cpu:.2f}"
         f" db {s.mariadb_cpu:.2f}"
     )
@@ -854,6 +882,12 @@ def summarise(
     warmup = min(args.warmup, samples[-1].t / 2 if samples else 0.0)
     steady = [s for s in samples if s.t >= warmup]
     rss_slope = slope([(s.t / 60, s.rss_kib) for s in steady])
+    # the second half alone: does RSS level off once warm, or keep climbing?
+    late = steady[len(steady) // 2 :]
+    late_slopes = {
+        name: slope([(s.t / 60, getattr(s, name) * scale) for s in late])
+        for name, scale in zip(LATE_SLOPES, (1, 1, 1024, 1024), strict=True)
+    }
     fd_slope = slope([(s.t / 60, s.fds) for s in steady])
     other_fds = [s.fds - s.connections for s in steady]
     other_fd_slope = slope([(s.t / 60, s.fds - s.connections) for s in steady])
@@ -936,6 +970,14 @@ def summarise(
             "max": max(s.rss_kib for s in samples) / 1024 if samples else float("nan"),
         },
         "rss_slope_kib_per_min": rss_slope,
+        "late_slopes_kib_per_min": late_slopes,
+        "late_from_s": late[0].t if late else float("nan"),
+        "malloc_mib": {
+            name: [getattr(s, f"malloc_{name}_mib") for s in (steady[0], samples[-1])]
+            if steady
+            else []
+            for name in ("heap", "in_use", "free", "mmapped")
+        },
         "fds": {
             "min": min(s.fds for s in steady) if steady else 0,
             "max": max(s.fds for s in steady) if steady else 0,
@@ -1007,6 +1049,18 @@ def render(r: dict[str, Any]) -> str:
         ("drain after the last write", f"{r['drain_s']:.1f} s, {r['behind']} behind"),
         ("daemon RSS MiB (first, after warm-up, last, max)", rss_text),
         ("RSS slope KiB/min", f"{r['rss_slope_kib_per_min']:+.1f}"),
+        (
+            f"second half (from {r['late_from_s'] / 60:.1f} min), KiB/min: RSS, anonymous, "
+            "malloc in use, malloc free",
+            ", ".join(f"{r['late_slopes_kib_per_min'][k]:+.1f}" for k in LATE_SLOPES),
+        ),
+        (
+            "glibc malloc MiB after warm-up -> last: heap, in use, free, mmapped",
+            ", ".join(
+                " -> ".join(f"{x:.1f}" for x in r["malloc_mib"][k])
+                for k in ("heap", "in_use", "free", "mmapped")
+            ),
+        ),
         ("daemon descriptors (min-max after warm-up)", f"{r['fds']['min']}-{r['fds']['max']}"),
         ("descriptor slope per min (follows the connections)", f"{r['fd_slope_per_min']:+.2f}"),
         ("descriptors beyond client connections (min / median / max)", other),

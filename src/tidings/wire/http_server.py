@@ -55,6 +55,7 @@ import itertools
 import logging
 import math
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -63,6 +64,7 @@ from typing import Any, Final, NamedTuple, Protocol, cast
 
 import orjson
 
+from tidings import memory
 from tidings.auth import Grant
 from tidings.event import Event
 from tidings.hub import Hub, Replay, ResumeError
@@ -1246,6 +1248,20 @@ class HttpService:
             out.gauge("tidings_tls_certificate_expiry_timestamp_seconds",
                       "When the TLS certificate being served expires (its notAfter).",
                       self.tls_expiry())  # fmt: skip
+        if (malloc := memory.mallinfo()) is not None:
+            out.family(
+                "tidings_malloc_bytes",
+                "gauge",
+                "The C allocator's memory (glibc mallinfo2): heap taken from the kernel, in "
+                "use, free but kept (RSS where touched), mmapped blocks.",
+                "kind",
+                [("heap", malloc.heap), ("in_use", malloc.in_use), ("free", malloc.free),
+                 ("mmapped", malloc.mmapped)],
+            )  # fmt: skip
+        if tracemalloc.is_tracing():  # PYTHONTRACEMALLOC=1: for finding leaks, slow
+            out.gauge("tidings_python_traced_bytes",
+                      "Memory Python allocated and still holds, as tracemalloc counts it.",
+                      tracemalloc.get_traced_memory()[0])  # fmt: skip
         out.gauge(
             "tidings_event_loop_lag_seconds",
             "Largest event-loop delay seen over the last 5 to 10 seconds.",
