@@ -793,7 +793,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             mysql=db.url(),
             output_limit=1 << 20,  # the default: a subscriber that falls behind is cut
             http_port=free_port(),
-            extra=["--state-dir", str(base / "state"), "--history-events", str(history)],
+            extra=[
+                "--state-dir",
+                str(base / "state"),
+                "--history-events",
+                str(history),
+                *args.daemon_arg,
+            ],
         )
         stack.callback(daemon.stop)
         base_id = base_event_id(daemon.port, db)
@@ -939,6 +945,7 @@ def summarise(
             "read_interval": args.read_interval,
             "resume_offset": args.resume_offset,
             "history_events": history,
+            "daemon_args": args.daemon_arg,
             "warmup_s": warmup,
         },
         "written": wrote.sent,
@@ -1108,6 +1115,14 @@ def main() -> None:
         "--json", type=Path, help="also write every figure and sample as one JSON object here"
     )
     parser.add_argument("--keep", action="store_true", help="keep the logs and data directory")
+    parser.add_argument(
+        "--daemon-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for `tidings serve`; repeat it, e.g. "
+        "--daemon-arg=--malloc-trim-interval --daemon-arg=60",
+    )
     parser.add_argument("--profile", type=Path, help="py-spy the daemon; raw stacks go here")
     parser.add_argument(
         "--resume-offset",

@@ -66,6 +66,7 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
         ({"TIDINGS_TLS_MIN_VERSION": "1.1"}, "tls_min_version must be 1.2 or 1.3"),
         ({"TIDINGS_TLS_HANDSHAKE_TIMEOUT": "0"}, "tls_handshake_timeout must be > 0"),
         ({"TIDINGS_BACKLOG": "0"}, "backlog must be between 1 and 2147483647"),
+        ({"TIDINGS_MALLOC_TRIM_INTERVAL": "-1"}, "malloc_trim_interval must be >= 0"),
         ({"TIDINGS_BACKLOG": str(2**31)}, "backlog must be between 1 and 2147483647"),
     ],
 )

@@ -3,6 +3,7 @@ RSS read from /proc."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from tidings import memory
@@ -34,3 +35,28 @@ def test_free_memory_kept_by_malloc_is_seen_and_trim_gives_it_back() -> None:
     assert after is not None and after.free > 60 << 20  # still free, its pages returned
     assert rss_held - rss() > 50 << 20, "malloc_trim returned the free pages"
     assert len(kept) == 1024
+
+
+async def test_the_trimmer_returns_free_memory_on_its_own() -> None:
+    trimmer = memory.Trimmer(0.05)
+    trimmer.start()
+    try:
+        blocks = [bytes(1024) for _ in range(64 * 1024)]
+        kept = blocks[::64]
+        del blocks
+        held = rss()
+        runs = trimmer.runs
+        while trimmer.runs < runs + 2:
+            await asyncio.sleep(0.01)
+        assert held - rss() > 50 << 20, "the free pages went back to the kernel"
+        assert len(kept) == 1024
+    finally:
+        trimmer.stop()
+    assert trimmer.seconds < trimmer.runs * 0.1
+
+
+async def test_an_interval_of_0_never_trims() -> None:
+    trimmer = memory.Trimmer(0)
+    trimmer.start()
+    await asyncio.sleep(0.05)
+    assert trimmer.runs == 0

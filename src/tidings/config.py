@@ -290,6 +290,12 @@ class Settings:
         "HTTP listener is bound to loopback addresses only (--no-admin-open-on-loopback: "
         "always ask for an admin token, e.g. behind a reverse proxy on the same host)",
     )
+    malloc_trim_interval: float = _opt(
+        0.0,
+        "seconds between two malloc_trim(0) calls, which hand the free memory glibc keeps "
+        "inside its heaps (after a stall, say) back to the kernel (glibc only; 0: never)",
+        metavar="S",
+    )
     log_level: str = _opt("info", "debug, info, warning or error", metavar="LEVEL")
     log_format: str = _opt(
         "text",
@@ -328,6 +334,8 @@ class Settings:
             raise ConfigError("idle_timeout and request_timeout must be >= 0 seconds (0: never)")
         if not 1 <= self.backlog <= MAX_BACKLOG:
             raise ConfigError(f"backlog must be between 1 and {MAX_BACKLOG}, not {self.backlog}")
+        if self.malloc_trim_interval < 0:
+            raise ConfigError("malloc_trim_interval must be >= 0 seconds (0: never)")
         if self.heartbeat <= 0:
             raise ConfigError("heartbeat must be > 0 seconds")
         if not _SCHEMA_NAME.match(self.outbox_schema):  # as tidings.source.notify checks it

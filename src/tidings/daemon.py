@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tidings import reload
+from tidings import memory, reload
 from tidings.config import ConfigError, Settings, auth_secret, parse_hostport
 from tidings.hub import Hub
 from tidings.publish import publish_transaction
@@ -105,6 +105,8 @@ class Daemon:
         #: with --state-dir: the directory, its checkpoint writer and mark index
         self.state: StateDir | None = None
         self.checkpoints: CheckpointWriter | None = None
+        #: malloc_trim(0) now and then (tidings.memory; malloc_trim_interval)
+        self._trimmer = memory.Trimmer(settings.malloc_trim_interval)
         self.marks: MarkIndex | None = None
         #: with --state-dir: serves resumes older than memory history from the binlog
         self.rereader: Rereader | None = None
@@ -263,6 +265,7 @@ class Daemon:
     async def listen(self) -> None:
         """Open the client listeners (once the ids are settled: see `run`); start purging."""
         s = self.settings
+        self._trimmer.start()
         if self.purger is not None and self._purger_task is None:
             self._purger_task = asyncio.ensure_future(self.purger.run())
         if self.resp is None and self.http is None:
@@ -578,6 +581,7 @@ class Daemon:
         New connections are refused from the start; connected clients get what was
         published, then a reason (see SHUTDOWN_REASON), within a deadline.
         """
+        self._trimmer.stop()
         for service in (self.resp, self.http):
             if service is not None:
                 service.stop_listening()
