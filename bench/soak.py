@@ -635,6 +635,8 @@ class Sample:
     malloc_in_use_mib: float
     malloc_free_mib: float  # free inside the heaps, kept by the allocator
     malloc_mmapped_mib: float
+    gc_full: float  # the daemon's full (generation 2) collections so far
+    gc_collected: float  # objects its cyclic GC freed so far, all generations
     mariadb_cpu: float
     subscribers_cpu: float
     writer_cpu: float
@@ -676,6 +678,14 @@ def guard_tcp_memory() -> int:
             f"pressure threshold ({pressure >> 20} MiB): the subscribers fell behind; stopped"
         )
     return used
+
+
+def rate_per_min(samples: Sequence[Sample], name: str) -> float:
+    """How fast a cumulative figure grew from the first sample to the last, per minute."""
+    if len(samples) < 2 or samples[-1].t <= samples[0].t:
+        return float("nan")
+    grew = getattr(samples[-1], name) - getattr(samples[0], name)
+    return grew / (samples[-1].t - samples[0].t) * 60
 
 
 def slope(points: Sequence[tuple[float, float]]) -> float:
@@ -724,6 +734,8 @@ class Meter:
         ordered = sorted(lat)
         metrics = self.daemon.metrics()
 
+        nan = float("nan")
+
         def malloc(kind: str) -> float:
             return metrics.get(f'tidings_malloc_bytes{{kind="{kind}"}}', float("nan")) / 2**20
 
@@ -748,6 +760,11 @@ class Meter:
             malloc_in_use_mib=malloc("in_use"),
             malloc_free_mib=malloc("free"),
             malloc_mmapped_mib=malloc("mmapped"),
+            gc_full=metrics.get('tidings_python_gc_collections_total{generation="2"}', nan),
+            gc_collected=sum(
+                metrics.get(f'tidings_python_gc_collected_total{{generation="{g}"}}', nan)
+                for g in range(3)
+            ),
             mariadb_cpu=used["mariadb"],
             subscribers_cpu=used["subscribers"],
             writer_cpu=used["writer"],
@@ -978,6 +995,10 @@ def summarise(
         },
         "rss_slope_kib_per_min": rss_slope,
         "late_slopes_kib_per_min": late_slopes,
+        "gc_per_min": {
+            "full_collections": rate_per_min(steady, "gc_full"),
+            "objects_collected": rate_per_min(steady, "gc_collected"),
+        },
         "late_from_s": late[0].t if late else float("nan"),
         "malloc_mib": {
             name: [getattr(s, f"malloc_{name}_mib") for s in (steady[0], samples[-1])]
@@ -1067,6 +1088,11 @@ def render(r: dict[str, Any]) -> str:
                 " -> ".join(f"{x:.1f}" for x in r["malloc_mib"][k])
                 for k in ("heap", "in_use", "free", "mmapped")
             ),
+        ),
+        (
+            "daemon's cyclic GC after warm-up, per minute: full collections, objects freed",
+            f"{r['gc_per_min']['full_collections']:.1f}, "
+            f"{r['gc_per_min']['objects_collected']:,.0f}",
         ),
         ("daemon descriptors (min-max after warm-up)", f"{r['fds']['min']}-{r['fds']['max']}"),
         ("descriptor slope per min (follows the connections)", f"{r['fd_slope_per_min']:+.2f}"),

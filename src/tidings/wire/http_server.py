@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import heapq
 import ipaddress
 import itertools
@@ -1258,6 +1259,21 @@ class HttpService:
                 [("heap", malloc.heap), ("in_use", malloc.in_use), ("free", malloc.free),
                  ("mmapped", malloc.mmapped)],
             )  # fmt: skip
+        gc_stats = gc.get_stats()
+        out.family(
+            "tidings_python_gc_collections",
+            "counter",
+            "Collections of the cyclic garbage collector, by generation.",
+            "generation",
+            [(str(g), stats["collections"]) for g, stats in enumerate(gc_stats)],
+        )
+        out.family(
+            "tidings_python_gc_collected",
+            "counter",
+            "Objects the cyclic garbage collector freed (reference counting frees the rest).",
+            "generation",
+            [(str(g), stats["collected"]) for g, stats in enumerate(gc_stats)],
+        )
         if tracemalloc.is_tracing():  # PYTHONTRACEMALLOC=1: for finding leaks, slow
             out.gauge("tidings_python_traced_bytes",
                       "Memory Python allocated and still holds, as tracemalloc counts it.",
