@@ -636,6 +636,7 @@ class Sample:
     malloc_free_mib: float  # free inside the heaps, kept by the allocator
     malloc_mmapped_mib: float
     gc_full: float  # the daemon's full (generation 2) collections so far
+    py_blocks: float  # blocks Python's allocator holds (sys.getallocatedblocks)
     gc_collected: float  # objects its cyclic GC freed so far, all generations
     mariadb_cpu: float
     subscribers_cpu: float
@@ -760,6 +761,7 @@ class Meter:
             malloc_in_use_mib=malloc("in_use"),
             malloc_free_mib=malloc("free"),
             malloc_mmapped_mib=malloc("mmapped"),
+            py_blocks=metrics.get("tidings_python_allocated_blocks", nan),
             gc_full=metrics.get('tidings_python_gc_collections_total{generation="2"}', nan),
             gc_collected=sum(
                 metrics.get(f'tidings_python_gc_collected_total{{generation="{g}"}}', nan)
@@ -995,6 +997,8 @@ def summarise(
         },
         "rss_slope_kib_per_min": rss_slope,
         "late_slopes_kib_per_min": late_slopes,
+        "py_blocks": [s.py_blocks for s in (steady[0], samples[-1])] if steady else [],
+        "py_blocks_late_slope_per_min": slope([(s.t / 60, s.py_blocks) for s in late]),
         "gc_per_min": {
             "full_collections": rate_per_min(steady, "gc_full"),
             "objects_collected": rate_per_min(steady, "gc_collected"),
@@ -1088,6 +1092,11 @@ def render(r: dict[str, Any]) -> str:
                 " -> ".join(f"{x:.1f}" for x in r["malloc_mib"][k])
                 for k in ("heap", "in_use", "free", "mmapped")
             ),
+        ),
+        (
+            "Python allocator blocks after warm-up -> last (slope per min, second half)",
+            " -> ".join(f"{x:,.0f}" for x in r["py_blocks"])
+            + f" ({r['py_blocks_late_slope_per_min']:+,.0f})",
         ),
         (
             "daemon's cyclic GC after warm-up, per minute: full collections, objects freed",

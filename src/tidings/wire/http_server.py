@@ -55,6 +55,7 @@ import ipaddress
 import itertools
 import logging
 import math
+import sys
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
@@ -1274,6 +1275,10 @@ class HttpService:
             "generation",
             [(str(g), stats["collected"]) for g, stats in enumerate(gc_stats)],
         )
+        out.gauge("tidings_python_allocated_blocks",
+                  "Memory blocks Python's small-object allocator has handed out and not had "
+                  "back (sys.getallocatedblocks): grows with live Python objects.",
+                  sys.getallocatedblocks())  # fmt: skip
         if tracemalloc.is_tracing():  # PYTHONTRACEMALLOC=1: for finding leaks, slow
             out.gauge("tidings_python_traced_bytes",
                       "Memory Python allocated and still holds, as tracemalloc counts it.",
