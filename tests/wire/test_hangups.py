@@ -10,6 +10,7 @@ import socket
 import struct
 
 import pytest
+import uvloop
 
 from tidings.hub import Hub
 from tidings.wire.hangups import Hangups, ordinary
@@ -87,9 +88,18 @@ def info_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
 
 
-async def test_resp_resets_are_debug_lines_and_one_summary(
-    caplog: pytest.LogCaptureFixture,
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_resp_resets_are_debug_lines_and_one_summary(
+    caplog: pytest.LogCaptureFixture, loop: str
 ) -> None:
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(resp_resets(caplog))
+
+
+async def resp_resets(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, "tidings")
     service = RespService(Hub())
     service.hangups.interval = 0.5  # the minute, shortened; the sweep runs once a second
@@ -129,9 +139,15 @@ WS_UPGRADE = (
 )
 
 
-async def test_sse_and_websocket_resets_are_counted_not_logged(
-    caplog: pytest.LogCaptureFixture,
+@pytest.mark.parametrize("loop", LOOPS)
+def test_sse_and_websocket_resets_are_counted_not_logged(
+    caplog: pytest.LogCaptureFixture, loop: str
 ) -> None:
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(http_resets(caplog))
+
+
+async def http_resets(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, "tidings")
     hub = Hub()
     service = HttpService(hub, HttpSettings(sse_heartbeat=0))
