@@ -7,8 +7,6 @@ Real peers only: a private MariaDB, the daemon in-process (restarts) or as the
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import itertools
 import logging
 import random
@@ -19,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,6 +24,7 @@ from typing import Any, BinaryIO
 import orjson
 import pytest
 
+from tests.fullfs import fill, tiny_tmpfs
 from tests.system.daemons import receive, start_daemon, stop_daemon, subscriber, wait_for
 from tests.system.test_status import status
 from tidings.config import Settings
@@ -483,37 +481,6 @@ async def test_a_failing_state_disk_keeps_delivery_going_and_catches_up(
         assert cp is not None and cp.next_id == events[-1]["id"] + 1, "caught up"
     finally:
         await stop_daemon(daemon)
-
-
-@contextlib.contextmanager
-def tiny_tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A real file system of `size` at `path`, which fills up (ENOSPC) like a real disk.
-    Needs `mount` and the right to mount (root with CAP_SYS_ADMIN): without them the test
-    fails and says so, rather than skip."""
-    mount = shutil.which("mount")
-    assert mount is not None, "this test needs the `mount` command (util-linux)"
-    path.mkdir()
-    done = subprocess.run([mount, "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
-                           str(path)], capture_output=True, text=True, check=False)  # fmt: skip
-    if done.returncode != 0:
-        pytest.fail(
-            f"this test needs a real file system that fills up: `mount -t tmpfs` failed "
-            f"({done.stderr.strip() or done.returncode}); run it as root with CAP_SYS_ADMIN"
-        )
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Write a file in `directory` until the file system is full; return it."""
-    filler = directory / "filler"
-    with filler.open("wb", buffering=0) as out, pytest.raises(OSError) as full:
-        while True:
-            out.write(b"\0" * 4096)
-    assert full.value.errno == errno.ENOSPC, full.value
-    return filler
 
 
 async def test_a_full_state_disk_is_reported_and_checkpoints_resume_once_space_is_freed(
