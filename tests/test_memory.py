@@ -28,12 +28,12 @@ def test_free_memory_kept_by_malloc_is_seen_and_trim_gives_it_back() -> None:
     assert grown is not None and grown.in_use - before.in_use > 60 << 20
     del blocks
     held = memory.mallinfo()
-    assert held is not None and held.free - before.free > 60 << 20  # free, but kept
+    assert held is not None and held.free - grown.free > 60 << 20  # free, but kept
     rss_held = rss()
     assert memory.trim() is True
     after = memory.mallinfo()
     assert after is not None and after.free > 60 << 20  # still free, its pages returned
-    assert rss_held - rss() > 50 << 20, "malloc_trim returned the free pages"
+    assert rss_held - rss() > 40 << 20, "malloc_trim returned the free pages"
     assert len(kept) == 1024
 
 
@@ -48,7 +48,7 @@ async def test_the_trimmer_returns_free_memory_on_its_own() -> None:
         runs = trimmer.runs
         while trimmer.runs < runs + 2:
             await asyncio.sleep(0.01)
-        assert held - rss() > 50 << 20, "the free pages went back to the kernel"
+        assert held - rss() > 40 << 20, "the free pages went back to the kernel"
         assert len(kept) == 1024
     finally:
         trimmer.stop()
