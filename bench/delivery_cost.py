@@ -7,6 +7,7 @@ subscribers, as in bench/latency.py): the Python around the send, and the send i
    is the bookkeeping tidings adds around each system call. The same for the many-channel
    fan-out: a client's PUBLISHes, pipelined 100 to a write, each to one of N channels of
    one subscriber (parsing, the command, the hub, the reply), and their parsing alone.
+   And `Hub.publish` alone with history off and with history full (what eviction costs).
 2. The send: N loopback TCP connections (the readers drain them in another process);
    one round writes --size bytes to each, through uvloop's `transport.write`, and
    through `os.write` on the same descriptors (the system call alone).
@@ -89,6 +90,25 @@ async def python_path(subscribers: int, size: int, rounds: int) -> float:
         for transport in transports:
             transport.sink.clear()
     return statistics.median(times) / subscribers * 1e6
+
+
+def history_path(size: int, rounds: int) -> tuple[float, float]:
+    """Microseconds of CPU per `Hub.publish` with no subscriber: history off, and history
+    full (600 events, each publish evicts one, as in bench/soak.py), one channel."""
+    body = b"x" * size
+    result = []
+    for events in (0, 600):
+        hub = Hub(history_events=events)
+        for _ in range(2 * events):
+            hub.publish("ticks", body)
+        times = []
+        for _ in range(rounds):
+            t0 = time.process_time()
+            for _ in range(1000):
+                hub.publish("ticks", body)
+            times.append(time.process_time() - t0)
+        result.append(statistics.median(times) / 1000 * 1e6)
+    return result[0], result[1]
 
 
 async def publish_path(channels: int, size: int, rounds: int) -> tuple[float, float]:
@@ -218,6 +238,7 @@ def main() -> None:
     python = uvloop.run(python_path(args.subscribers, args.size, args.rounds))
     publish, parse = uvloop.run(publish_path(args.channels, 200, args.rounds * 10))
     send = uvloop.run(sends(args.subscribers, args.size, args.rounds))
+    no_history, full_history = history_path(args.size, args.rounds)
     print(f"\n{machine()}; {args.subscribers:,} subscribers, {args.size} B, median of "
           f"{args.rounds} rounds")  # fmt: skip
     rows = [
@@ -238,6 +259,11 @@ def main() -> None:
             publish,
         ],
         ["of which RESP parsing of the PUBLISH", parse],
+        ["Python: Hub.publish, no subscriber, history off", no_history],
+        [
+            "Python: Hub.publish, no subscriber, history full (600: each publish evicts one)",
+            full_history,
+        ],
     ]
     print(md_table(["per delivery", "CPU us"], rows))
 

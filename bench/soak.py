@@ -113,11 +113,10 @@ from tidings.sandbox import PrivateMariaDB
 
 SCHEMA = "soak"
 PAD = 100  # bytes of padding per row: an event of about 300 bytes
-#: a table written at --filler rows/s that no subscriber listens to. Besides being what a
-#: real database has, it keeps the daemon's history cycling: history's global log keeps up
-#: to 4,096 evicted events until it compacts (hub/history.py `_trim`), which at 2 events/s
-#: is a 34-minute climb of about 130 KiB/min that a 30-minute run cannot tell from a leak;
-#: at 22 events/s it is a 3-minute sawtooth
+#: a table written at --filler rows/s that no subscriber listens to: what a real database
+#: has. (It was also there to keep history cycling: history's global log used to keep up
+#: to 4,096 evicted events until it compacted, a 34-minute climb of about 130 KiB/min at
+#: 2 events/s. Evicted events are now freed at once: hub/history.py, `GONE`.)
 FILLER = "filler"
 # One row event, as the subscribers parse it: every number is followed by its delimiter,
 # so a number cut at the end of a read never matches. JSON has no raw CR, so `[^\r]*?`
@@ -631,9 +630,30 @@ class Sample:
     latency_samples: int
     loop_lag_ms: float
     daemon_cpu: float  # cores (CPU seconds per second) over the window
+    anon_kib: float  # the daemon's anonymous memory (/proc/PID/smaps_rollup)
+    malloc_heap_mib: float  # glibc's heaps, from the daemon's /metrics (NaN: not glibc)
+    malloc_in_use_mib: float
+    malloc_free_mib: float  # free inside the heaps, kept by the allocator
+    malloc_mmapped_mib: float
+    gc_full: float  # the daemon's full (generation 2) collections so far
+    py_blocks: float  # blocks Python's allocator holds (sys.getallocatedblocks)
+    gc_collected: float  # objects its cyclic GC freed so far, all generations
     mariadb_cpu: float
     subscribers_cpu: float
     writer_cpu: float
+
+
+#: the figures whose slope over the second half of the run is reported
+LATE_SLOPES = ("rss_kib", "anon_kib", "malloc_in_use_mib", "malloc_free_mib")
+
+
+def anonymous_kib(pid: int) -> float:
+    """The process's anonymous memory (heap, arenas, stacks): what a leak grows."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Anonymous:"):
+                return float(line.split()[1])
+    return float("nan")
 
 
 def fd_count(pid: int) -> int:
@@ -659,6 +679,14 @@ def guard_tcp_memory() -> int:
             f"pressure threshold ({pressure >> 20} MiB): the subscribers fell behind; stopped"
         )
     return used
+
+
+def rate_per_min(samples: Sequence[Sample], name: str) -> float:
+    """How fast a cumulative figure grew from the first sample to the last, per minute."""
+    if len(samples) < 2 or samples[-1].t <= samples[0].t:
+        return float("nan")
+    grew = getattr(samples[-1], name) - getattr(samples[0], name)
+    return grew / (samples[-1].t - samples[0].t) * 60
 
 
 def slope(points: Sequence[tuple[float, float]]) -> float:
@@ -706,6 +734,12 @@ class Meter:
             lat.frombytes(r[2])
         ordered = sorted(lat)
         metrics = self.daemon.metrics()
+
+        nan = float("nan")
+
+        def malloc(kind: str) -> float:
+            return metrics.get(f'tidings_malloc_bytes{{kind="{kind}"}}', float("nan")) / 2**20
+
         return Sample(
             t=now - self.t0,
             rss_kib=self.daemon.rss() / 1024,
@@ -722,6 +756,17 @@ class Meter:
             latency_samples=len(ordered),
             loop_lag_ms=metrics.get("tidings_event_loop_lag_seconds", float("nan")) * 1e3,
             daemon_cpu=used["daemon"],
+            anon_kib=anonymous_kib(self.daemon.pid),
+            malloc_heap_mib=malloc("heap"),
+            malloc_in_use_mib=malloc("in_use"),
+            malloc_free_mib=malloc("free"),
+            malloc_mmapped_mib=malloc("mmapped"),
+            py_blocks=metrics.get("tidings_python_allocated_blocks", nan),
+            gc_full=metrics.get('tidings_python_gc_collections_total{generation="2"}', nan),
+            gc_collected=sum(
+                metrics.get(f'tidings_python_gc_collected_total{{generation="{g}"}}', nan)
+                for g in range(3)
+            ),
             mariadb_cpu=used["mariadb"],
             subscribers_cpu=used["subscribers"],
             writer_cpu=used["writer"],
@@ -735,6 +780,7 @@ def progress(s: Sample) -> str:
         f" p50 {s.p50_ms:6.1f} p99 {s.p99_ms:6.1f} ms lag {s.loop_lag_ms:5.0f} ms"
         f" tcp {s.tcp_mib:5.0f} MiB"
         f" events {s.events:,} reconnects {s.reconnects:,} violations {s.violations}"
+        f" malloc heap {s.malloc_heap_mib:.1f} free {s.malloc_free_mib:.1f} MiB"
         f" cpu daemon {s.daemon_cpu:.2f} subs {s.subscribers_cpu:.2f}"
         f" db {s.mariadb_cpu:.2f}"
     )
@@ -766,7 +812,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             mysql=db.url(),
             output_limit=1 << 20,  # the default: a subscriber that falls behind is cut
             http_port=free_port(),
-            extra=["--state-dir", str(base / "state"), "--history-events", str(history)],
+            extra=[
+                "--state-dir",
+                str(base / "state"),
+                "--history-events",
+                str(history),
+                *args.daemon_arg,
+            ],
         )
         stack.callback(daemon.stop)
         base_id = base_event_id(daemon.port, db)
@@ -855,6 +907,12 @@ def summarise(
     warmup = min(args.warmup, samples[-1].t / 2 if samples else 0.0)
     steady = [s for s in samples if s.t >= warmup]
     rss_slope = slope([(s.t / 60, s.rss_kib) for s in steady])
+    # the second half alone: does RSS level off once warm, or keep climbing?
+    late = steady[len(steady) // 2 :]
+    late_slopes = {
+        name: slope([(s.t / 60, getattr(s, name) * scale) for s in late])
+        for name, scale in zip(LATE_SLOPES, (1, 1, 1024, 1024), strict=True)
+    }
     fd_slope = slope([(s.t / 60, s.fds) for s in steady])
     other_fds = [s.fds - s.connections for s in steady]
     other_fd_slope = slope([(s.t / 60, s.fds - s.connections) for s in steady])
@@ -906,6 +964,7 @@ def summarise(
             "read_interval": args.read_interval,
             "resume_offset": args.resume_offset,
             "history_events": history,
+            "daemon_args": args.daemon_arg,
             "warmup_s": warmup,
         },
         "written": wrote.sent,
@@ -937,6 +996,20 @@ def summarise(
             "max": max(s.rss_kib for s in samples) / 1024 if samples else float("nan"),
         },
         "rss_slope_kib_per_min": rss_slope,
+        "late_slopes_kib_per_min": late_slopes,
+        "py_blocks": [s.py_blocks for s in (steady[0], samples[-1])] if steady else [],
+        "py_blocks_late_slope_per_min": slope([(s.t / 60, s.py_blocks) for s in late]),
+        "gc_per_min": {
+            "full_collections": rate_per_min(steady, "gc_full"),
+            "objects_collected": rate_per_min(steady, "gc_collected"),
+        },
+        "late_from_s": late[0].t if late else float("nan"),
+        "malloc_mib": {
+            name: [getattr(s, f"malloc_{name}_mib") for s in (steady[0], samples[-1])]
+            if steady
+            else []
+            for name in ("heap", "in_use", "free", "mmapped")
+        },
         "fds": {
             "min": min(s.fds for s in steady) if steady else 0,
             "max": max(s.fds for s in steady) if steady else 0,
@@ -968,6 +1041,8 @@ def summarise(
         "daemon_cpu_s": daemon_cpu,
         "daemon_exit": daemon_exit,
         "daemon_log_errors": log_errors,
+        "daemon_log_lines": daemon_log.count("\n"),
+        "daemon_log_bytes": len(daemon_log.encode()),
         "daemon_log_tail": daemon_log.splitlines()[-20:],
         "failures": failures,
         "warnings": warnings,
@@ -1006,6 +1081,28 @@ def render(r: dict[str, Any]) -> str:
         ("drain after the last write", f"{r['drain_s']:.1f} s, {r['behind']} behind"),
         ("daemon RSS MiB (first, after warm-up, last, max)", rss_text),
         ("RSS slope KiB/min", f"{r['rss_slope_kib_per_min']:+.1f}"),
+        (
+            f"second half (from {r['late_from_s'] / 60:.1f} min), KiB/min: RSS, anonymous, "
+            "malloc in use, malloc free",
+            ", ".join(f"{r['late_slopes_kib_per_min'][k]:+.1f}" for k in LATE_SLOPES),
+        ),
+        (
+            "glibc malloc MiB after warm-up -> last: heap, in use, free, mmapped",
+            ", ".join(
+                " -> ".join(f"{x:.1f}" for x in r["malloc_mib"][k])
+                for k in ("heap", "in_use", "free", "mmapped")
+            ),
+        ),
+        (
+            "Python allocator blocks after warm-up -> last (slope per min, second half)",
+            " -> ".join(f"{x:,.0f}" for x in r["py_blocks"])
+            + f" ({r['py_blocks_late_slope_per_min']:+,.0f})",
+        ),
+        (
+            "daemon's cyclic GC after warm-up, per minute: full collections, objects freed",
+            f"{r['gc_per_min']['full_collections']:.1f}, "
+            f"{r['gc_per_min']['objects_collected']:,.0f}",
+        ),
         ("daemon descriptors (min-max after warm-up)", f"{r['fds']['min']}-{r['fds']['max']}"),
         ("descriptor slope per min (follows the connections)", f"{r['fd_slope_per_min']:+.2f}"),
         ("descriptors beyond client connections (min / median / max)", other),
@@ -1020,6 +1117,10 @@ def render(r: dict[str, Any]) -> str:
         ("CPU cores: daemon, subscribers, MariaDB, writer", cpu_text),
         ("daemon exit code", r["daemon_exit"]),
         ("ERROR lines in the daemon's log", r["daemon_log_errors"]),
+        (
+            "daemon's log: lines, bytes (resets are counted, not logged each)",
+            f"{r['daemon_log_lines']:,}, {r['daemon_log_bytes']:,}",
+        ),
         ("load average (1, 5, 15 min) before / after", load),
         ("verdict", "; ".join(r["failures"]) or "pass"),
         ("warnings", "; ".join(r["warnings"]) or "none"),
@@ -1049,6 +1150,14 @@ def main() -> None:
         "--json", type=Path, help="also write every figure and sample as one JSON object here"
     )
     parser.add_argument("--keep", action="store_true", help="keep the logs and data directory")
+    parser.add_argument(
+        "--daemon-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for `tidings serve`; repeat it, e.g. "
+        "--daemon-arg=--malloc-trim-interval --daemon-arg=60",
+    )
     parser.add_argument("--profile", type=Path, help="py-spy the daemon; raw stacks go here")
     parser.add_argument(
         "--resume-offset",

@@ -31,6 +31,7 @@ def test_defaults() -> None:
     s = load(env={})
     assert s == Settings()
     assert s.resp == "127.0.0.1:6380" and not s.allow_publish and s.output_limit == 1 << 20
+    assert s.backlog == 4096  # redis's 511 overflowed in the soak (docs/reliability-soak.md)
 
 
 def test_precedence_file_env_flags(tmp_path: Path) -> None:
@@ -45,6 +46,8 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
         {"TIDINGS_SERVER_ID": "66", "TIDINGS_ALLOW_PUBLISH": "yes"},
     )
     assert (s.server_id, s.allow_publish, s.output_limit) == (77, False, 2 << 20)
+    assert parse(["--backlog", "128"], {"TIDINGS_BACKLOG": "64"}).backlog == 128
+    assert parse([], {"TIDINGS_BACKLOG": "64"}).backlog == 64
 
 
 @pytest.mark.parametrize(
@@ -62,6 +65,9 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
         ({"TIDINGS_TLS_LISTENERS": ""}, "tls_listeners must be resp, http"),
         ({"TIDINGS_TLS_MIN_VERSION": "1.1"}, "tls_min_version must be 1.2 or 1.3"),
         ({"TIDINGS_TLS_HANDSHAKE_TIMEOUT": "0"}, "tls_handshake_timeout must be > 0"),
+        ({"TIDINGS_BACKLOG": "0"}, "backlog must be between 1 and 2147483647"),
+        ({"TIDINGS_MALLOC_TRIM_INTERVAL": "-1"}, "malloc_trim_interval must be >= 0"),
+        ({"TIDINGS_BACKLOG": str(2**31)}, "backlog must be between 1 and 2147483647"),
     ],
 )
 def test_bad_values_name_the_setting(source: dict[str, str], message: str) -> None:

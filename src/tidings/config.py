@@ -20,11 +20,16 @@ from typing import Any, Final
 
 from tidings.auth import check_secret
 from tidings.hub import history as _history
+from tidings.wire import limits as _limits
 from tidings.wire.origins import Origins, OriginsError
 
 
 class ConfigError(ValueError):
     pass
+
+
+#: listen() takes an int; the kernel caps the backlog at net.core.somaxconn anyway
+MAX_BACKLOG: Final = 2**31 - 1
 
 
 def _opt(
@@ -67,6 +72,14 @@ class Settings:
         metavar="HOST:PORT",
     )
     allow_publish: bool = _opt(False, "accept PUBLISH from clients (off by default)")
+    backlog: int = _opt(
+        _limits.DEFAULT_BACKLOG,
+        "connections each listener (RESP, HTTP) lets the kernel complete before the daemon "
+        "accepts them (listen backlog; the kernel caps it at net.core.somaxconn). A stalled "
+        "loop under a reconnect storm overflows a small one, and clients then wait out SYN "
+        "retransmission (1, 3, 7 ... 63 s)",
+        metavar="N",
+    )
     http: str = _opt(
         "127.0.0.1:8080",
         "HOST:PORT for the HTTP listener, e.g. 127.0.0.1:8080: Server-Sent Events (/sse), "
@@ -277,6 +290,12 @@ class Settings:
         "HTTP listener is bound to loopback addresses only (--no-admin-open-on-loopback: "
         "always ask for an admin token, e.g. behind a reverse proxy on the same host)",
     )
+    malloc_trim_interval: float = _opt(
+        0.0,
+        "seconds between two malloc_trim(0) calls, which hand the free memory glibc keeps "
+        "inside its heaps (after a stall, say) back to the kernel (glibc only; 0: never)",
+        metavar="S",
+    )
     log_level: str = _opt("info", "debug, info, warning or error", metavar="LEVEL")
     log_format: str = _opt(
         "text",
@@ -313,6 +332,10 @@ class Settings:
             raise ConfigError("max_clients and max_clients_per_ip must be >= 0 (0: no limit)")
         if min(self.idle_timeout, self.request_timeout) < 0:
             raise ConfigError("idle_timeout and request_timeout must be >= 0 seconds (0: never)")
+        if not 1 <= self.backlog <= MAX_BACKLOG:
+            raise ConfigError(f"backlog must be between 1 and {MAX_BACKLOG}, not {self.backlog}")
+        if self.malloc_trim_interval < 0:
+            raise ConfigError("malloc_trim_interval must be >= 0 seconds (0: never)")
         if self.heartbeat <= 0:
             raise ConfigError("heartbeat must be > 0 seconds")
         if not _SCHEMA_NAME.match(self.outbox_schema):  # as tidings.source.notify checks it

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tidings import reload
+from tidings import memory, reload
 from tidings.config import ConfigError, Settings, auth_secret, parse_hostport
 from tidings.hub import Hub
 from tidings.publish import publish_transaction
@@ -51,7 +51,7 @@ from tidings.systemd import Notifier
 from tidings.tls import ServerTls
 from tidings.wire.access import Authority, Throttle
 from tidings.wire.http_server import HttpService, HttpSettings
-from tidings.wire.limits import Admission, Limits
+from tidings.wire.limits import Admission, Limits, somaxconn
 from tidings.wire.origins import Origins
 from tidings.wire.outbox import FLUSH_LOOP
 from tidings.wire.resp_server import RespService, RespSettings
@@ -106,6 +106,8 @@ class Daemon:
         #: with --state-dir: the directory, its checkpoint writer and mark index
         self.state: StateDir | None = None
         self.checkpoints: CheckpointWriter | None = None
+        #: malloc_trim(0) now and then (tidings.memory; malloc_trim_interval)
+        self._trimmer = memory.Trimmer(settings.malloc_trim_interval)
         self.marks: MarkIndex | None = None
         #: with --state-dir: serves resumes older than memory history from the binlog
         self.rereader: Rereader | None = None
@@ -264,12 +266,17 @@ class Daemon:
     async def listen(self) -> None:
         """Open the client listeners (once the ids are settled: see `run`); start purging."""
         s = self.settings
+        self._trimmer.start()
         if self.purger is not None and self._purger_task is None:
             self._purger_task = asyncio.ensure_future(self.purger.run())
         if self.resp is None and self.http is None:
             self.listening.set()
             return
         capacity = raise_fd_limit()
+        cap = somaxconn()
+        if cap is not None and cap < s.backlog:
+            log.info("listen backlog %d is capped by the kernel at net.core.somaxconn = %d",
+                     s.backlog, cap)  # fmt: skip
         reuse_port = self.reuse_port
         tls = self.tls
         timeout = s.tls_handshake_timeout
@@ -277,7 +284,12 @@ class Daemon:
             host, port = parse_hostport(s.resp)
             context = tls.context() if tls and s.tls_for("resp") else None
             server = await self.resp.start(
-                host, port, ssl=context, ssl_handshake_timeout=timeout, reuse_port=reuse_port
+                host,
+                port,
+                backlog=s.backlog,
+                ssl=context,
+                ssl_handshake_timeout=timeout,
+                reuse_port=reuse_port,
             )
             self.resp_address = server.sockets[0].getsockname()[:2]
             log.info("RESP (Redis pub/sub protocol%s) on %s:%d", ", TLS" if context else "",
@@ -286,7 +298,12 @@ class Daemon:
             host, port = parse_hostport(s.http)
             context = tls.context(alpn=["http/1.1"]) if tls and s.tls_for("http") else None
             server = await self.http.start(
-                host, port, ssl=context, ssl_handshake_timeout=timeout, reuse_port=reuse_port
+                host,
+                port,
+                backlog=s.backlog,
+                ssl=context,
+                ssl_handshake_timeout=timeout,
+                reuse_port=reuse_port,
             )
             self.http_address = server.sockets[0].getsockname()[:2]
             log.info("HTTP (SSE, WebSocket, API) on %s://%s:%d/", "https" if context else "http",
@@ -360,6 +377,8 @@ class Daemon:
             last_written=None if plan.new_epoch else checkpoint,
             events=self.event_options(),
         )
+        if self.http is not None:
+            self.http.checkpoints = writer  # /metrics, /stats and `tidings status` show it
         if plan.new_epoch:
             if checkpoint is not None:
                 log.warning("starting a new epoch: ids of epoch %d lose their meaning, "
@@ -564,6 +583,7 @@ class Daemon:
         New connections are refused from the start; connected clients get what was
         published, then a reason (see SHUTDOWN_REASON), within a deadline.
         """
+        self._trimmer.stop()
         for service in (self.resp, self.http):
             if service is not None:
                 service.stop_listening()

@@ -111,3 +111,19 @@ def render(where: str, health: Answer, stats: dict[str, Any], out: TextIO) -> No
         for c in stats["busiest"][:5]
     )
     print(f"busiest       {busiest or '-'}", file=out)
+    checkpoint = stats.get("checkpoint")
+    if checkpoint:
+        print(f"checkpoint    {_checkpoint(checkpoint)}", file=out)
+
+
+def _checkpoint(cp: dict[str, Any]) -> str:
+    age = cp["age_seconds"]
+    on_disk = "none on disk yet" if age is None else f"the one on disk is {_duration(age)} old"
+    if cp["failing"]:
+        return (
+            f"FAILING for {_duration(cp['failing_seconds'] or 0)}: {cp['last_error']}; "
+            f"{cp['failures']:,} failed attempts, retried; {on_disk} (a restart replays "
+            "from it). Delivery goes on"
+        )
+    failures = f", {cp['failures']:,} failed attempts before" if cp["failures"] else ""
+    return f"written {cp['written']:,} times{failures}; {on_disk}"

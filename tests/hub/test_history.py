@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -86,6 +90,54 @@ def test_dead_entries_are_compacted() -> None:
         h.append(ev(i, "busy"))
     assert retained(h) == [1, 19_999]
     assert len(h._log) - h._head < 2 * 1024 + 10  # not 20,000 dead entries
+
+
+class Tracked(Event):
+    """An Event that can be weakly referenced: to see when history lets go of it."""
+
+    __slots__ = ("__weakref__",)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_evicted_events_are_freed_at_once(channels: int) -> None:
+    """At 2 events/s a history of 600 used to keep up to 4,096 evicted events (~4 MB with
+    their frames) before deleting its dead prefix: it looked like a leak in the soak."""
+    h = History(HistoryLimits(events=600))
+    refs = []
+    gc.disable()  # freed by reference counting, as soon as evicted
+    try:
+        for i in range(1, 5001):
+            event = Tracked(i, f"c{i % channels}", b"x" * 200)
+            refs.append(weakref.ref(event))
+            h.append(event)
+            del event
+            alive = [ref for ref in refs if ref() is not None]
+            assert len(alive) == min(i, 600), i
+    finally:
+        gc.enable()
+    assert retained(h) == list(range(4401, 5001))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_events_evicted_by_a_channel_limit_are_freed_once_overall_eviction_passes(
+    channels: int,
+) -> None:
+    """A channel over its own limit frees its log's slots at once; the global log's dead
+    entries go with overall eviction or compaction (at most as many as are retained)."""
+    h = History(HistoryLimits(events=600, channel_events=100))
+    refs = []
+    gc.disable()
+    try:
+        for i in range(1, 5001):
+            event = Tracked(i, f"c{i % channels}", b"x" * 200)
+            refs.append(weakref.ref(event))
+            h.append(event)
+            del event
+            alive = sum(ref() is not None for ref in refs)
+            assert alive <= 2 * len(h) + 1024, i
+    finally:
+        gc.enable()
+    assert len(h) == 100 * channels
 
 
 def test_forgotten_empty_channels_make_gaps_conservative_never_silent() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 
 import pytest
 
@@ -92,3 +93,22 @@ async def test_wait_position_wakes_when_the_stream_passes_it() -> None:
     with pytest.raises(asyncio.CancelledError):
         await other
     assert hub.marks._waiters == []
+
+
+def test_a_mark_costs_about_90_bytes() -> None:
+    """At 22 transactions/s the 65,536 marks kept at most took 50 minutes to fill, at 320
+    bytes each (a Position and a key tuple): a 20 MiB climb a soak took for a leak."""
+    marks = Marks(limit=40_000)
+    file = "binlog.000001"
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(40_000):  # as the replica makes them: a new Position and GTID each
+            marks.add(p(file, 1000 + i * 300, f"0-1-{5000 + i}"), 100_000 + i)
+        per_mark = (tracemalloc.get_traced_memory()[0] - before) / len(marks)
+    finally:
+        tracemalloc.stop()
+    assert len(marks) == 40_000
+    assert per_mark < 120, per_mark
+    assert marks.id_at(p("binlog.000001", 1000 + 123 * 300 + 1)) == 100_123
+    assert marks.export()[123] == (p("binlog.000001", 1000 + 123 * 300, "0-1-5123"), 100_123)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
+import pytest
+
+from tests.fullfs import fill, tiny_tmpfs
 from tidings.source.changes import Position
 from tidings.state import Mark, MarkIndex, choose_warmup
 
@@ -37,6 +41,32 @@ def test_torn_last_line_is_skipped(tmp_path: Path) -> None:
     loaded.append(mark(4))  # appends still work after the torn line
     loaded.close()
     assert MarkIndex(tmp_path, 1).load() == [mark(1), mark(2), mark(4)]
+
+
+def test_a_full_disk_leaves_no_torn_line_behind(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real full file system (tmpfs): the append that gets only part of its line in
+    raises, and leaves the file whole, so the append after space is freed is not glued to
+    half a line (which would lose both)."""
+    with tiny_tmpfs(tmp_path / "state", "64k") as state:
+        index = MarkIndex(state, epoch=1)
+        index.replace([mark(1)])
+        filler = fill(state)
+        n = 1
+        with pytest.raises(OSError) as full:
+            while True:  # until a line does not fit in the file's last page
+                n += 1
+                index.append(mark(n))
+        assert full.value.errno == errno.ENOSPC
+        kept = list(range(1, n))
+        assert [m.id for m in index.marks] == kept
+        filler.unlink()
+        index.append(mark(n + 1))
+        index.close()
+        assert index.path.read_bytes().endswith(b"\n")
+        assert [m.id for m in MarkIndex(state, 1).load()] == [*kept, n + 1]
+        assert "torn" not in caplog.text
 
 
 def test_prune_drops_purged_files(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import random
 import shutil
 import signal
@@ -23,7 +24,9 @@ from typing import Any, BinaryIO
 import orjson
 import pytest
 
+from tests.fullfs import fill, tiny_tmpfs
 from tests.system.daemons import receive, start_daemon, stop_daemon, subscriber, wait_for
+from tests.system.test_status import status
 from tidings.config import Settings
 from tidings.daemon import Daemon
 from tidings.hub import Hub
@@ -478,6 +481,84 @@ async def test_a_failing_state_disk_keeps_delivery_going_and_catches_up(
         assert cp is not None and cp.next_id == events[-1]["id"] + 1, "caught up"
     finally:
         await stop_daemon(daemon)
+
+
+async def test_a_full_state_disk_is_reported_and_checkpoints_resume_once_space_is_freed(
+    mariadb: PrivateMariaDB, replica_server_id: int, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    db = f"dur{next(_dbs)}"
+    mariadb.sql(f"CREATE DATABASE {db}; CREATE TABLE {db}.t (k INT PRIMARY KEY)")
+    state = tmp_path / "state"
+    caplog.set_level(logging.INFO, "tidings")
+    with tiny_tmpfs(state, "256k"):
+        settings = {"state_dir": str(state), "checkpoint_interval": 0.02, "mark_every": 1}
+        daemon = await start_daemon(mariadb, replica_server_id, http="127.0.0.1:0", **settings)
+        assert daemon.http_address is not None
+        where = "{}:{}".format(*daemon.http_address)
+        try:
+            writer = daemon.checkpoints
+            assert writer is not None
+            await wait_for(lambda: writer.written >= 1, what="a first checkpoint")
+            filler = fill(state)  # the disk is full: ENOSPC from now on
+            sub = await subscriber(daemon, f"{db}.t")
+            for k in range(1, 21):  # 20 transactions: 20 checkpoints and marks to write
+                await asyncio.to_thread(mariadb.sql, f"INSERT INTO {db}.t VALUES ({k})")
+            events = await receive(sub, 20)  # delivery goes on
+            assert [e["data"]["k"] for e in events] == list(range(1, 21))
+            await wait_for(lambda: writer.failures >= 2, what="failed checkpoint writes")
+            assert writer.last_error == "No space left on device (OSError)"
+
+            # reported: the log (once, not every retry), /metrics, /stats, `tidings status`
+            errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+            assert len(errors) == 1, errors
+            assert errors[0].startswith(
+                f"cannot write the checkpoint {state}/checkpoint.json: "
+                "No space left on device (OSError). Still serving"
+            )
+            metrics = await http_get(daemon, "/metrics")
+            assert "\ntidings_checkpoint_failing 1\n" in metrics
+            failed = await asyncio.to_thread(status, "--http", where)
+            assert failed.returncode == 0, failed.stderr  # healthy: clients are served
+            line = failed.stdout.splitlines()[-1]
+            assert line.startswith("checkpoint    FAILING for "), failed.stdout
+            assert "No space left on device" in line and "Delivery goes on" in line
+
+            filler.unlink()  # space is back
+            await wait_for(lambda: writer.last_error is None, what="a checkpoint written")
+            await wait_for(lambda: not writer.pending, what="the checkpoint caught up")
+            cp = CheckpointStore(state).load()
+            assert cp is not None and cp.next_id == events[-1]["id"] + 1, "caught up"
+            warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+            assert any(w.startswith(f"checkpoint {state}/checkpoint.json written again after ")
+                       for w in warnings), warnings  # fmt: skip
+            assert "\ntidings_checkpoint_failing 0\n" in await http_get(daemon, "/metrics")
+            ok = await asyncio.to_thread(status, "--http", where)
+            assert ok.stdout.splitlines()[-1].startswith("checkpoint    written "), ok.stdout
+        finally:
+            await stop_daemon(daemon)
+
+        # what the full disk left in the state directory (a mark index cut short, perhaps)
+        # still gives a clean restart: same epoch, ids continue
+        again = await start_daemon(mariadb, replica_server_id, **settings)
+        try:
+            sub = await subscriber(again, f"{db}.t")
+            await asyncio.to_thread(mariadb.sql, f"INSERT INTO {db}.t VALUES (21)")
+            (event,) = await receive(sub, 1)
+            assert event["id"] == events[-1]["id"] + 1
+        finally:
+            await stop_daemon(again)
+
+
+async def http_get(daemon: Daemon, path: str) -> str:
+    assert daemon.http_address is not None
+    reader, writer = await asyncio.open_connection(*daemon.http_address)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+    data = await asyncio.wait_for(reader.read(), 20)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    return body.decode()
 
 
 async def test_marks_in_purged_binlogs_are_pruned_and_refill_starts_after_them(

@@ -4,7 +4,11 @@ is disturbed, and /metrics counts what happened."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import socket
+import struct
+import time
 
 import orjson
 import pytest
@@ -17,8 +21,10 @@ from websockets.asyncio.client import connect
 
 from tests.system.daemons import receive, start_daemon, stop_daemon, subscriber
 from tests.system.test_sse import Stream, http_get
+from tests.system.test_tls import sourceless_daemon
 from tidings.daemon import Daemon
 from tidings.sandbox import PrivateMariaDB
+from tidings.wire.limits import somaxconn
 
 _dbs = itertools.count()
 
@@ -190,3 +196,47 @@ async def test_max_subscriptions_on_every_protocol(
         assert status == 400 and b"max_subscriptions=2" in body
     finally:
         await stop_daemon(daemon)
+
+
+def storm(address: tuple[str, int], count: int) -> int:
+    """Open `count` connections at once while the daemon's loop is stalled (this function
+    never yields to it), like 19,000 subscribers reconnecting during a one-second stall;
+    return how many the kernel completed: those its accept queue (the listen backlog)
+    took in. The others' SYNs were dropped: they would wait out SYN retransmission."""
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.setblocking(False)
+            socks.append(sock)
+            with contextlib.suppress(BlockingIOError):
+                sock.connect(address)
+        time.sleep(0.3)  # loopback handshakes complete in microseconds, if they complete
+        established = 0
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.getpeername()  # ENOTCONN while still in SYN-SENT
+                established += 1
+        return established
+    finally:
+        for sock in socks:  # RST: nothing for the daemon to drain once it runs again
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+
+
+@pytest.mark.parametrize(("backlog", "held"), [(None, 1500), (100, 101)])
+async def test_the_listen_backlog_is_a_setting_and_absorbs_a_reconnect_storm(
+    backlog: int | None, held: int
+) -> None:
+    """By default a storm of 1,500 connects during a stall is held whole (the 511 it
+    replaced, redis's tcp-backlog, held 512); `backlog` sets it (Linux queues backlog + 1)."""
+    cap = somaxconn()
+    assert cap is None or cap >= 1500, f"net.core.somaxconn is {cap}: this test needs 1500"
+    settings = {} if backlog is None else {"backlog": backlog}
+    async with sourceless_daemon(**settings) as daemon:
+        assert daemon.resp_address is not None and daemon.http_address is not None
+        for address in (daemon.resp_address, daemon.http_address):
+            assert storm(address, 1500) == held, address
+            await asyncio.sleep(0.5)  # the daemon accepts them and sees the resets
+        async with client(daemon) as redis_client:
+            assert await redis_client.ping()

@@ -14,7 +14,10 @@ An event evicted from its channel stays in the global log as a dead entry
 (recognised by `id <= evicted_upto` of its channel) until overall eviction
 reaches it or the log is compacted (when dead entries outnumber live ones):
 amortised O(1) per event. Both logs are lists with a head index, so a resume
-finds its place by bisecting ids.
+finds its place by bisecting ids. An evicted event's slot before the head is
+overwritten with `GONE` at once, so the event is freed when it is evicted, not
+when the prefix of slots is deleted (amortised, later): at 2 events/s a log
+that kept 4,096 evicted events until then climbed for half an hour.
 
 Ids below the first event this history ever held are unknown (`start`), as are
 the ids of channels whose log was forgotten: channels that have no event left
@@ -34,11 +37,13 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Final
 
 from tidings.event import Event
 
 __all__ = [
     "EVENT_OVERHEAD",
+    "GONE",
     "MAX_EMPTY",
     "ChannelLog",
     "History",
@@ -52,6 +57,10 @@ __all__ = [
 EVENT_OVERHEAD = 400
 #: channel logs with no event left that are still remembered (see the module docstring)
 MAX_EMPTY = 65_536
+
+
+#: what an evicted event's slot before a log's head holds (8 bytes, not the event's ~1 KB)
+GONE: Final = Event(0, "", b"")
 
 
 def event_size(event: Event) -> int:
@@ -228,6 +237,7 @@ class History:
         channels = self.channels
         while (self.count > self._events or self.size > self._bytes) and self.count > 1:
             event = events[self._head]
+            events[self._head] = GONE  # freed now, whenever the slots go
             self._head += 1
             log = channels.get(event.channel)
             if log is None or event.id <= log.evicted_upto:
@@ -241,6 +251,7 @@ class History:
     def _evict(self, channel: str, log: ChannelLog) -> None:
         """Evict the oldest event of `channel` (from its log; the global entry goes dead)."""
         event = log.events[log.head]
+        log.events[log.head] = GONE  # the global log's entry is dead or GONE too
         log.head += 1
         log.count -= 1
         size = 2 * len(event.body) + len(channel) + EVENT_OVERHEAD  # event_size(), inlined

@@ -14,6 +14,7 @@ power cut only means a shorter warm-up, and a torn last line is skipped.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Collection, Iterable, Sequence
@@ -96,7 +97,12 @@ class MarkIndex:
             return
         if self._out is None:
             self._out = open(self.path, "ab", buffering=0)  # noqa: SIM115 (kept open)
-        self._out.write(self._line(mark))
+        line = self._line(mark)
+        end = self._out.seek(0, os.SEEK_END)
+        if self._out.write(line) != len(line):  # a full disk takes part of a line
+            # cut it off: the next append would be glued to it, and both lost
+            self._out.truncate(end)
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (a short write)")
         self.marks.append(mark)
 
     def replace(self, marks: Iterable[Mark]) -> None:

@@ -33,6 +33,7 @@ class CheckpointWriter:
         "_wake",
         "epoch",
         "events",
+        "failing_since",
         "failures",
         "interval",
         "last_error",
@@ -61,7 +62,10 @@ class CheckpointWriter:
         self.last_written = last_written
         self.written = 0
         self.failures = 0
+        #: why the last attempt failed; None while writes work
         self.last_error: str | None = None
+        #: when (seconds since 1970) the current run of failures began; None while writes work
+        self.failing_since: float | None = None
         self._pending: tuple[int, Position] | None = None
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -75,6 +79,11 @@ class CheckpointWriter:
         """Record a transaction boundary: replaying from `position` gives `next_id` next."""
         self._pending = (next_id, position)
         self._wake.set()
+
+    @property
+    def last_written_time(self) -> float | None:
+        """When the checkpoint on disk was written (seconds since 1970), as far as known."""
+        return self.last_written.time if self.last_written is not None else None
 
     @property
     def pending(self) -> bool:
@@ -97,7 +106,7 @@ class CheckpointWriter:
             reason = f"{text} ({type(exc).__name__})"
             if reason != self.last_error:
                 log.error(
-                    "cannot write the checkpoint %s: %s. Still serving; retrying every %.1fs. "
+                    "cannot write the checkpoint %s: %s. Still serving; retrying every %g s. "
                     "Until it works a restart replays from the last checkpoint written (%s)",
                     self.store.path,
                     reason,
@@ -105,6 +114,8 @@ class CheckpointWriter:
                     self.last_written.position if self.last_written else "none",
                 )
             self.last_error = reason
+            if self.failing_since is None:
+                self.failing_since = time.time()
             return False
         if self.last_error is not None:
             log.warning(
@@ -113,6 +124,7 @@ class CheckpointWriter:
                 self.failures,
             )
             self.last_error = None
+            self.failing_since = None
         self.written += 1
         self.last_written = checkpoint
         if self._pending is pending:  # nothing newer arrived meanwhile

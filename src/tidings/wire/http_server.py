@@ -49,12 +49,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import heapq
 import ipaddress
 import itertools
 import logging
 import math
+import sys
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -63,6 +66,7 @@ from typing import Any, Final, NamedTuple, Protocol, cast
 
 import orjson
 
+from tidings import memory
 from tidings.auth import Grant
 from tidings.event import Event
 from tidings.hub import Hub, Replay, ResumeError
@@ -72,8 +76,9 @@ from tidings.hub.resume import check_since
 from tidings.source.changes import Position
 from tidings.wire import http, ws_session
 from tidings.wire.access import REALM, AuthError, Authority, bearer_token, uncovered
+from tidings.wire.hangups import Hangups, ordinary
 from tidings.wire.http import HttpError, Request, RequestParser
-from tidings.wire.limits import Admission, Clock, peer_host
+from tidings.wire.limits import DEFAULT_BACKLOG, Admission, Clock, peer_host
 from tidings.wire.origins import ANY, Origins
 from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
 from tidings.wire.replay_queue import ReplayQueue
@@ -101,6 +106,20 @@ _FAREWELL: Final = http.sse_comment(
 _EXPIRED: Final = http.sse_comment(
     "disconnected: the token expired (reconnect with a fresh token and Last-Event-ID or since=)"
 )
+
+
+class CheckpointStatus(Protocol):
+    """What /metrics, /stats and `tidings status` read from the checkpoint writer
+    (tidings.state.writer.CheckpointWriter)."""
+
+    written: int
+    failures: int
+    last_error: str | None
+    failing_since: float | None
+
+    @property
+    def last_written_time(self) -> float | None: ...
+
 
 #: sends a client's publish on its way; returns the number of receivers (as RESP's)
 Publisher = Callable[[str, bytes], Awaitable[int]]
@@ -374,6 +393,12 @@ class HttpConnection(asyncio.Protocol):
         self._replays.run()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if ordinary(exc):
+            assert exc is not None  # a client gone: counted, logged at debug (wire.hangups)
+            self.service.hangups.count(f"http id={self.id} addr={self.peer}", exc,
+                                       self.service.clock.now)  # fmt: skip
+        elif exc is not None:
+            log.info("http id=%d addr=%s: connection lost: %r", self.id, self.peer, exc)
         self._closed = True
         self.outbox.lost()
         self._leave()
@@ -886,6 +911,10 @@ class HttpService:
         #: the WebSocket service GET /ws hands connections to (None: accept() makes one
         #: from `settings`)
         self.websocket: ws_session.WsService | None = None
+        #: connections the client reset or broke off (counted; one info line a minute)
+        self.hangups = Hangups(log, "HTTP")
+        #: with a state directory: its checkpoint writer (for /metrics and /stats)
+        self.checkpoints: CheckpointStatus | None = None
         #: with TLS: when the certificate being served expires (seconds since the epoch)
         self.tls_expiry: Callable[[], float] | None = None
         self.connections: dict[HttpConnection, None] = {}
@@ -909,8 +938,12 @@ class HttpService:
         self.loopback = False
 
     def _sweep(self, now: float) -> None:
-        """Once a second: close connections whose next request has not arrived within
-        request_timeout (a request begun gets 408; a silent keep-alive is just closed)."""
+        """Once a second: report hangups (HTTP's and WebSocket's); close connections whose
+        next request has not arrived within request_timeout (a request begun gets 408; a
+        silent keep-alive is just closed)."""
+        self.hangups.tick(now)
+        if self.websocket is not None:
+            self.websocket.hangups.tick(time.monotonic())
         timeout = self.admission.limits.request_timeout
         if timeout <= 0:
             return
@@ -967,7 +1000,7 @@ class HttpService:
         host: str,
         port: int,
         *,
-        backlog: int = 511,
+        backlog: int = DEFAULT_BACKLOG,
         ssl: SSLContext | None = None,
         ssl_handshake_timeout: float | None = None,
         reuse_port: bool = False,
@@ -1195,10 +1228,61 @@ class HttpService:
                 "Token attempts refused unchecked: their address failed too often.",
                 self.auth.throttle.refused,
             )
+        if (checkpoints := self.checkpoints) is not None:
+            out.counter("tidings_checkpoint_writes", "Checkpoints written to the state directory.",
+                        checkpoints.written)  # fmt: skip
+            out.counter(
+                "tidings_checkpoint_failures",
+                "Checkpoint writes that failed (disk full, read-only, gone); each is retried.",
+                checkpoints.failures,
+            )
+            out.gauge("tidings_checkpoint_failing",
+                      "1 while the checkpoint cannot be written (its last attempt failed).",
+                      int(checkpoints.last_error is not None))  # fmt: skip
+            written = checkpoints.last_written_time
+            out.gauge(
+                "tidings_checkpoint_age_seconds",
+                "Seconds since the checkpoint on disk was written (NaN: none yet); it grows "
+                "while no events flow, and while writes fail.",
+                math.nan if written is None else max(0.0, time.time() - written),
+            )
         if self.tls_expiry is not None:
             out.gauge("tidings_tls_certificate_expiry_timestamp_seconds",
                       "When the TLS certificate being served expires (its notAfter).",
                       self.tls_expiry())  # fmt: skip
+        if (malloc := memory.mallinfo()) is not None:
+            out.family(
+                "tidings_malloc_bytes",
+                "gauge",
+                "The C allocator's memory (glibc mallinfo2): heap taken from the kernel, in "
+                "use, free but kept (RSS where touched), mmapped blocks.",
+                "kind",
+                [("heap", malloc.heap), ("in_use", malloc.in_use), ("free", malloc.free),
+                 ("mmapped", malloc.mmapped)],
+            )  # fmt: skip
+        gc_stats = gc.get_stats()
+        out.family(
+            "tidings_python_gc_collections",
+            "counter",
+            "Collections of the cyclic garbage collector, by generation.",
+            "generation",
+            [(str(g), stats["collections"]) for g, stats in enumerate(gc_stats)],
+        )
+        out.family(
+            "tidings_python_gc_collected",
+            "counter",
+            "Objects the cyclic garbage collector freed (reference counting frees the rest).",
+            "generation",
+            [(str(g), stats["collected"]) for g, stats in enumerate(gc_stats)],
+        )
+        out.gauge("tidings_python_allocated_blocks",
+                  "Memory blocks Python's small-object allocator has handed out and not had "
+                  "back (sys.getallocatedblocks): grows with live Python objects.",
+                  sys.getallocatedblocks())  # fmt: skip
+        if tracemalloc.is_tracing():  # PYTHONTRACEMALLOC=1: for finding leaks, slow
+            out.gauge("tidings_python_traced_bytes",
+                      "Memory Python allocated and still holds, as tracemalloc counts it.",
+                      tracemalloc.get_traced_memory()[0])  # fmt: skip
         out.gauge(
             "tidings_event_loop_lag_seconds",
             "Largest event-loop delay seen over the last 5 to 10 seconds.",
@@ -1243,6 +1327,22 @@ class HttpService:
             "event_loop_lag_seconds": round(r.loop_lag, 6),
             "binlog": binlog,
             "busiest": self._busiest(r.channels, busiest),
+            "checkpoint": self._checkpoint_report(),
+        }
+
+    def _checkpoint_report(self) -> dict[str, Any] | None:
+        checkpoints = self.checkpoints
+        if checkpoints is None:
+            return None
+        now = time.time()
+        written, since = checkpoints.last_written_time, checkpoints.failing_since
+        return {
+            "written": checkpoints.written,
+            "failures": checkpoints.failures,
+            "failing": checkpoints.last_error is not None,
+            "last_error": checkpoints.last_error,
+            "failing_seconds": None if since is None else round(max(0.0, now - since), 3),
+            "age_seconds": None if written is None else round(max(0.0, now - written), 3),
         }
 
     def _busiest(self, subscribed: dict[str, int], limit: int) -> list[dict[str, Any]]:

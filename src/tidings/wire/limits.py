@@ -21,10 +21,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Admission", "Clock", "Limits", "peer_host"]
+__all__ = ["DEFAULT_BACKLOG", "Admission", "Clock", "Limits", "peer_host", "somaxconn"]
 
 #: seconds between two sweeps
 SWEEP_INTERVAL = 1.0
+#: listen backlog of every listener (the `backlog` setting): Linux's default somaxconn since
+#: 5.4. redis's 511 overflowed in the soak: a loop stalled for a second under 380
+#: reconnects/s, and the clients whose SYNs were dropped waited out retransmission
+DEFAULT_BACKLOG = 4096
+
+
+def somaxconn() -> int | None:
+    """The kernel's cap on any listen backlog (net.core.somaxconn), None where unknown."""
+    try:
+        with open("/proc/sys/net/core/somaxconn", "rb") as file:
+            return int(file.read())
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)

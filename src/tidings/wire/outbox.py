@@ -357,8 +357,11 @@ class Outbox:
             self._linger = self.flusher.loop.call_later(linger, transport.abort)
 
     def lost(self) -> None:
-        """The connection is gone (call from connection_lost): drop everything."""
+        """The connection is gone (call from connection_lost): drop everything, and the
+        callback too: it is a bound method of the connection, and that cycle would leave
+        the connection to the cyclic GC instead of reference counting."""
         self._drop()
+        self.on_cut = None
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None

@@ -73,7 +73,8 @@ from tidings.hub.filters import FilterError
 from tidings.hub.resume import check_since
 from tidings.wire import resp
 from tidings.wire.access import AuthError, Authority, refusal, uncovered
-from tidings.wire.limits import Admission, Clock, peer_host
+from tidings.wire.hangups import Hangups, ordinary
+from tidings.wire.limits import DEFAULT_BACKLOG, Admission, Clock, peer_host
 from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
 from tidings.wire.replay_queue import ReplayQueue
 from tidings.wire.snapshot_stream import SnapshotRequestError, SnapshotService, SnapshotStream
@@ -404,7 +405,12 @@ class RespConnection(asyncio.Protocol):
         self._replays.run()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None:
+        if ordinary(exc) and not self._logged:
+            assert exc is not None
+            self._logged = True  # a client gone: counted, logged at debug (wire.hangups)
+            self.service.hangups.count(f"client id={self.id} addr={self.peer}", exc,
+                                       self.service.clock.now)  # fmt: skip
+        elif exc is not None:
             self._log_end(f"connection lost: {exc!r}")
         elif self.parser.mid_command and not self._closed:
             self._log_end("disconnected mid-command")
@@ -1215,9 +1221,13 @@ class RespService:
         self.clock = Clock(self._sweep)
         #: connections closed for being idle past admission.limits.idle_timeout
         self.idle_closed = 0
+        #: connections the client reset or broke off (counted; one info line a minute)
+        self.hangups = Hangups(log, "RESP")
 
     def _sweep(self, now: float) -> None:
-        """Once a second: close connections idle (no subscription, no request) too long."""
+        """Once a second: report hangups; close connections idle (no subscription, no
+        request) too long."""
+        self.hangups.tick(now)
         timeout = self.admission.limits.idle_timeout
         if timeout <= 0:
             return
@@ -1258,12 +1268,12 @@ class RespService:
         host: str,
         port: int,
         *,
-        backlog: int = 511,
+        backlog: int = DEFAULT_BACKLOG,
         ssl: SSLContext | None = None,
         ssl_handshake_timeout: float | None = None,
         reuse_port: bool = False,
     ) -> asyncio.Server:
-        """Listen on host:port; `backlog` as redis's tcp-backlog (asyncio's 100 is small);
+        """Listen on host:port; `backlog`: the `backlog` setting (asyncio's 100 is small);
         with `ssl`, TLS only (tidings.tls); `reuse_port`: SO_REUSEPORT, so that worker
         processes share the port."""
         loop = asyncio.get_running_loop()

@@ -52,6 +52,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, cast
@@ -64,6 +65,7 @@ from tidings.hub import Hub, Replay, ResumeError
 from tidings.hub.resume import check_since
 from tidings.wire import websocket as ws
 from tidings.wire.access import AuthError, Authority, bearer_token, refusal, uncovered
+from tidings.wire.hangups import Hangups, ordinary
 from tidings.wire.limits import peer_host
 from tidings.wire.origins import ANY, Origins
 from tidings.wire.outbox import Flusher, Outbox, open_outbox, peer_name
@@ -174,6 +176,9 @@ class WsService:
         self.auth = Authority(self.settings.auth_secret) if self.settings.auth_secret else None
         self._flusher: Flusher | None = None
         self._ids = itertools.count(1)
+        #: sessions the client reset or broke off (counted; the HTTP listener's sweep
+        #: reports them once a minute)
+        self.hangups = Hangups(log, "WebSocket")
 
     @property
     def flusher(self) -> Flusher:
@@ -409,7 +414,11 @@ class WsConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None and self._closing is None:
-            log.info("ws client id=%d addr=%s: connection lost: %r", self.id, self.peer, exc)
+            if ordinary(exc):  # a client gone: counted, logged at debug (wire.hangups)
+                who = f"ws client id={self.id} addr={self.peer}"
+                self.service.hangups.count(who, exc, time.monotonic())
+            else:
+                log.info("ws client id=%d addr=%s: connection lost: %r", self.id, self.peer, exc)
         self._closing = "closed"
         self.outbox.lost()
         self._leave()
