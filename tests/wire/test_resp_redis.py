@@ -286,7 +286,11 @@ CASES = {
     + c("CLIENT", "GETNAME")
     + c("PING")
     + c("PUBSUB", "NUMSUB", "a"),
-    "publish": c("PUBLISH", "nobody", "x") + c("PUBSUB", "NUMSUB") + c("PUBSUB", "CHANNELS"),
+    "publish": c("PUBLISH", "nobody", "x")
+    + c("pUbLiSh", "nobody", "y")  # the server's PUBLISH fast path, any case
+    + c("PUBLISH", "nobody", "x", "z")
+    + c("PUBSUB", "NUMSUB")
+    + c("PUBSUB", "CHANNELS"),
     "quit-with-args": c("QUIT", "x") + c("PING"),
     "auth": c("AUTH", "x") + c("AUTH", "a", "b", "c"),
     "inline": b'ECHO "a\\x41b\\n"\r\n'
