@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
+from tests.native import require_native
 from tidings.wire import resp
-
-
-def require_native() -> None:
-    """The C parser must be built, unless TIDINGS_PURE_PYTHON=1 says it is not wanted."""
-    if os.environ.get("TIDINGS_PURE_PYTHON", "") not in ("", "0"):
-        pytest.skip("TIDINGS_PURE_PYTHON is set: the C parser is off")
-    assert resp.NATIVE is not None, (
-        "tidings.wire._cresp is not built: `pip install -e .` with a C compiler and headers"
-    )
 
 
 @pytest.fixture(params=["c", "python"])

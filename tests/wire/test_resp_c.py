@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.wire.conftest import require_native
+from tests.native import require_native
 from tidings.wire import resp
 from tidings.wire.resp import ProtocolError, RespParser, encode_command
 

@@ -1,4 +1,6 @@
-/* Fast path of tidings.wire.resp.RespParser: one complete, ordinary multibulk request.
+/* C helpers of the publish path.
+ *
+ * Fast path of tidings.wire.resp.RespParser: one complete, ordinary multibulk request.
  *
  * parse(buf, pos, max_args, max_bulk, max_inline, max_query) -> (args, new_pos) | None
  *
@@ -171,18 +173,33 @@ done:
     return result;
 }
 
+/* untrack(obj): take obj out of the cyclic garbage collector's lists. For objects that
+ * can never be part of a reference cycle and live long (the hub's retained events): a
+ * full collection then no longer scans them, nor do they count towards triggering one. */
+static PyObject *
+untrack(PyObject *module, PyObject *obj)
+{
+    (void)module;
+    if (PyObject_IS_GC(obj)) {
+        PyObject_GC_UnTrack(obj); /* safe on an object already untracked */
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"parse", (PyCFunction)(void (*)(void))parse, METH_FASTCALL,
      "parse(buf, pos, max_args, max_bulk, max_inline, max_query) -> (args, new_pos) | None\n\n"
      "One complete plain multibulk request at buf[pos:]; None: let the Python parser "
      "handle it."},
+    {"untrack", untrack, METH_O,
+     "untrack(obj): the garbage collector no longer scans obj (it must hold no cycle)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     "tidings.wire._cresp",
-    "C fast path of tidings.wire.resp.RespParser (see _cresp.c).",
+    "C helpers of the publish path: RespParser's fast path, untrack (see _cresp.c).",
     0,
     methods,
     NULL,
