@@ -6,7 +6,8 @@ subscribers, as in bench/latency.py): the Python around the send, and the send i
    replaced by C builtins that do nothing (`list.append`, `bool`, `int`): what is left
    is the bookkeeping tidings adds around each system call. The same for the many-channel
    fan-out: a client's PUBLISHes, pipelined 100 to a write, each to one of N channels of
-   one subscriber (parsing, the command, the hub, the reply), and their parsing alone.
+   one subscriber (parsing, the command, the hub, the reply), and their parsing alone;
+   with the C helpers (tidings.wire._cresp) and without, side by side.
 2. The send: N loopback TCP connections (the readers drain them in another process);
    one round writes --size bytes to each, through uvloop's `transport.write`, and
    through `os.write` on the same descriptors (the system call alone).
@@ -81,10 +82,16 @@ async def python_path(subscribers: int, size: int, rounds: int) -> float:
     return statistics.median(times) / subscribers * 1e6
 
 
-async def publish_path(channels: int, size: int, rounds: int) -> tuple[float, float]:
+async def publish_path(
+    channels: int, size: int, rounds: int, native: bool = True
+) -> tuple[float, float, float]:
     """Microseconds of CPU per PUBLISH to a channel of one subscriber, all of it and the
-    parsing alone, the transport calls free."""
+    parsing alone (medians), and all of it on average over the rounds (garbage collection
+    included), the transport calls free. `native=False`: without the C helpers
+    (tidings.wire._cresp: RESP parsing, history events out of the garbage collector)."""
     hub = Hub()
+    if not native:
+        hub.history._untrack = None
     service = RespService(hub, RespSettings(allow_publish=True))
     transports = []
     for i in range(channels):
@@ -96,13 +103,14 @@ async def publish_path(channels: int, size: int, rounds: int) -> tuple[float, fl
     publisher_transport = FreeTransport(channels)
     publisher = service.protocol()
     publisher.connection_made(publisher_transport)  # type: ignore[arg-type]
+    publisher.parser = RespParser(native=native)
     payload = b"x" * size
     blobs = [
         b"".join(resp_command(b"PUBLISH", b"c%d" % (i + k), payload) for k in range(100))
         for i in range(0, channels - 99, 100)
     ]
     whole, parsing = [], []
-    parser = RespParser()
+    parser = RespParser(native=native)
     for r in range(rounds):
         blob = blobs[r % len(blobs)]
         t0 = time.process_time()
@@ -118,7 +126,12 @@ async def publish_path(channels: int, size: int, rounds: int) -> tuple[float, fl
         if r % len(blobs) == len(blobs) - 1:
             for transport in transports:
                 transport.sink.clear()
-    return statistics.median(whole) * 1e4, statistics.median(parsing) * 1e4  # / 100 * 1e6
+    # / 100 * 1e6
+    return (
+        statistics.median(whole) * 1e4,
+        statistics.median(parsing) * 1e4,
+        sum(whole) / rounds * 1e4,
+    )
 
 
 def _drain(port: int, subscribers: int) -> None:
@@ -187,7 +200,8 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=10_000, help="many-channel case")
     args = parser.parse_args()
     python = uvloop.run(python_path(args.subscribers, args.size, args.rounds))
-    publish, parse = uvloop.run(publish_path(args.channels, 200, args.rounds * 10))
+    publish, parse, mean = uvloop.run(publish_path(args.channels, 200, args.rounds * 10))
+    pure = uvloop.run(publish_path(args.channels, 200, args.rounds * 10, native=False))
     send = uvloop.run(sends(args.subscribers, args.size, args.rounds))
     print(f"\n{machine()}; {args.subscribers:,} subscribers, {args.size} B, median of "
           f"{args.rounds} rounds")  # fmt: skip
@@ -199,10 +213,14 @@ def main() -> None:
             f"Python: PUBLISH (pipelined x100, 200 B) to 1 of {args.channels:,} channels of 1 "
             "subscriber, the transport calls free",
             publish,
+            pure[0],
         ],
-        ["of which RESP parsing of the PUBLISH", parse],
+        ["of which RESP parsing of the PUBLISH", parse, pure[1]],
+        ["the same PUBLISH, mean over the rounds (garbage collection included)", mean, pure[2]],
     ]
-    print(md_table(["per delivery", "CPU us"], rows))
+    for row in rows[:3]:
+        row.append("")
+    print(md_table(["per delivery", "CPU us", "without C helpers (_cresp)"], rows))
 
 
 if __name__ == "__main__":
