@@ -14,7 +14,8 @@ Two ways to publish, from one publisher connection in its own process:
 
 Servers: `tidings` and `redis` (RESP subscribers), and `tidings-ws`: a tidings daemon
 whose subscribers are WebSocket clients (`GET /ws` upgrade and a subscribe message;
-the publisher still speaks RESP to it), the same run's RESP figure beside it.
+the publisher still speaks RESP to it), the same run's RESP figure beside it; and
+`tidings-pure`: tidings with TIDINGS_PURE_PYTHON=1 (none of its optional C extensions).
 
 Payloads are --payload bytes (200). The subscribers are `loadgen.Fleet` processes
 (raw sockets, epoll, counting bytes: every frame has the same size). A run ends
@@ -24,7 +25,8 @@ subscriber processes and of the publisher are beside it: on 2 cores they share
 the machine, so read the server's CPU per delivery as well as the rate.
 
     .venv/bin/python bench/fanout.py [--subscribers 10000] [--profile DIR]
-        [--servers tidings,tidings-ws,redis] [--topologies one,many] [--modes single,pipelined]
+        [--servers tidings,tidings-pure,tidings-ws,redis] [--topologies one,many]
+        [--modes single,pipelined]
 """
 
 from __future__ import annotations
@@ -240,7 +242,8 @@ def main() -> None:
                 hellos = [subscribe(channels[i % len(channels)]) for i in range(args.subscribers)]
                 server: Server
                 if name.startswith("tidings"):
-                    server = Tidings(Path(tmp), http=ws)
+                    pure = {"TIDINGS_PURE_PYTHON": "1"} if name == "tidings-pure" else None
+                    server = Tidings(Path(tmp), http=ws, env=pure)
                 else:
                     server = Redis(Path(tmp) / "redis")
                     versions["redis"] = server.version()

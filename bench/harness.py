@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -307,7 +307,9 @@ class Tidings(Server):
         http_port: int | None = None,
         http: bool = False,
         extra: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """`env`: variables added to the daemon's environment (TIDINGS_PURE_PYTHON=1)."""
         super().__init__()
         #: the HTTP listener (WebSocket, /metrics): `http_port`, or a free one with `http`
         self.http_port = http_port or (free_port() if http else 0)
@@ -324,7 +326,9 @@ class Tidings(Server):
         self.workers = workers
         self.logfile = logdir / f"tidings-{self.port}.log"
         with open(self.logfile, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            )
         wait_resp(self.port, proc=self.proc)
         if workers > 1:  # every worker listening, or the first would take every client
             deadline = time.monotonic() + 30
