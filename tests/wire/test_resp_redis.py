@@ -27,6 +27,9 @@ from tidings.sandbox import free_port
 from tidings.wire.resp import encode_command as c
 from tidings.wire.resp_server import RespService, RespSettings
 
+# each case twice: the server's parser with its C fast path and without (conftest.py)
+pytestmark = pytest.mark.usefixtures("resp_parser_kind")
+
 TIMEOUT = 10.0
 
 
