@@ -149,6 +149,15 @@ def test_odd_limits_clamp_or_fall_back(parse: Parse) -> None:
     assert parse(data, 1 << 40) is None
 
 
+def test_a_huge_count_allocates_nothing_before_its_bytes_are_there(parse: Parse) -> None:
+    # every bulk takes 6 bytes at least: a count the buffer cannot hold is incomplete, and
+    # no list of that size is made (10**17 slots would be a MemoryError, not a None)
+    huge = 1 << 62
+    assert parse(b"*100000000000000000\r\n$0\r\n\r\n", max_args=huge) is None
+    assert parse(b"*2\r\n$0\r\n\r\n$0\r\n\r", max_args=huge) is None
+    assert parse(b"*2\r\n$0\r\n\r\n$0\r\n\r\n", max_args=huge) == ([b"", b""], 16)
+
+
 def test_wrong_calls_raise(parse: Parse) -> None:
     native = resp.NATIVE
     assert native is not None
