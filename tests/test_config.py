@@ -69,6 +69,12 @@ def test_bad_values_name_the_setting(source: dict[str, str], message: str) -> No
         load(env=source)
 
 
+def test_pure_python_switch_is_not_taken_for_a_setting() -> None:
+    # TIDINGS_PURE_PYTHON=1 turns the C extensions off (tidings.wire.resp); the daemon
+    # must start with it, not refuse it as an unknown setting
+    assert load(env={"TIDINGS_PURE_PYTHON": "1", "TIDINGS_SERVER_ID": "9"}).server_id == 9
+
+
 def test_bad_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load(tmp_path / "missing.toml", env={})

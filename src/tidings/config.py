@@ -465,6 +465,9 @@ def _scalar(value: Any) -> Any:
 
 
 #: settings that say the same thing two ways: a source setting one drops the other from
+#: TIDINGS_* variables that are not settings: read where they apply (TIDINGS_PURE_PYTHON=1:
+#: none of the optional C extensions, e.g. tidings.wire.resp)
+NOT_SETTINGS: Final = frozenset({"TIDINGS_PURE_PYTHON"})
 #: lower sources (TIDINGS_AUTH_SECRET_FILE overrides a file's auth_secret)
 _ALTERNATIVES: Final = {"auth_secret": "auth_secret_file", "auth_secret_file": "auth_secret"}
 
@@ -502,7 +505,7 @@ def load(
         layers.append(layer)
     layer = {}
     for key, value in (os.environ if env is None else env).items():
-        if key.startswith("TIDINGS_"):
+        if key.startswith("TIDINGS_") and key not in NOT_SETTINGS:
             name = key[len("TIDINGS_") :].lower()
             if name not in known:
                 raise ConfigError(f"unknown environment variable {key}")
