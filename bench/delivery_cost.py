@@ -11,6 +11,10 @@ subscribers, as in bench/latency.py): the Python around the send, and the send i
 2. The send: N loopback TCP connections (the readers drain them in another process);
    one round writes --size bytes to each, through uvloop's `transport.write`, and
    through `os.write` on the same descriptors (the system call alone).
+3. The whole delivery over those connections, which are tidings `RespConnection`s
+   subscribed to one channel: `Hub.publish` of one --size event and the `Flusher`'s pass,
+   with the pure-Python flush (`Outbox._send`, uvloop's `transport.write`) and with the
+   compiled one (`tidings.wire._cflush`: send(2) from C), alternated round by round.
 
 CPU time per delivery, median of --rounds rounds.
 
@@ -34,8 +38,14 @@ from harness import table as md_table
 from loadgen import _ctx
 
 from tidings.hub import Hub
+from tidings.wire import outbox
 from tidings.wire.resp import RespParser
 from tidings.wire.resp_server import RespService, RespSettings
+
+try:
+    from tidings.wire import _cflush
+except ImportError:  # not built: its row is left out
+    _cflush = None
 
 
 class FreeTransport:
@@ -154,25 +164,36 @@ def _drain(port: int, subscribers: int) -> None:
 
 
 async def sends(subscribers: int, size: int, rounds: int) -> dict[str, float]:
-    """Microseconds of CPU per send: uvloop's transport.write against os.write."""
+    """Microseconds of CPU per send: uvloop's transport.write against os.write, and per
+    delivery, publish + flush through either flush loop."""
     loop = asyncio.get_running_loop()
-    transports: list[asyncio.Transport] = []
-
-    class Sink(asyncio.Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            # uvloop's transports are not asyncio.Transport subclasses, but have its methods
-            transports.append(cast(asyncio.Transport, transport))
-
-    server = await loop.create_server(Sink, "127.0.0.1", 0)
+    hub = Hub(history_events=0)
+    service = RespService(hub)
+    if _cflush is not None:  # whatever TIDINGS_PURE_PYTHON says: both loops are compared
+        _cflush.bind(outbox.Outbox)
+        outbox._cflush = _cflush
+    server = await loop.create_server(service.protocol, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     reader = _ctx.Process(target=_drain, args=(port, subscribers), daemon=True)
     reader.start()
-    while len(transports) < subscribers:
+    while len(service.connections) < subscribers:
         await asyncio.sleep(0.01)
+    conns = list(service.connections)
+    for conn in conns:
+        hub.subscribe(conn, "ticks")
+    # uvloop's transports are not asyncio.Transport subclasses, but have its methods
+    transports = [cast(asyncio.Transport, conn.transport) for conn in conns]
     fds = [t.get_extra_info("socket").fileno() for t in transports]
+    if _cflush is not None:  # the compiled loop will send to these sockets itself
+        assert [conn.outbox._fd for conn in conns] == fds
     data = b"x" * size
+    flushes = {"python flush": None, "compiled flush": _cflush}
+    if _cflush is None:
+        del flushes["compiled flush"]
     times: dict[str, list[float]] = {"transport.write": [], "os.write": []}
+    times.update({name: [] for name in flushes})
     write = os.write
+    flusher = service.flusher
     for _ in range(rounds):
         t0 = time.process_time()
         for transport in transports:
@@ -184,6 +205,14 @@ async def sends(subscribers: int, size: int, rounds: int) -> dict[str, float]:
             write(fd, data)
         times["os.write"].append(time.process_time() - t0)
         await asyncio.sleep(0.002)
+        for name, module in flushes.items():
+            outbox._cflush = module
+            t0 = time.process_time()
+            hub.publish("ticks", data)
+            flusher._flush()  # what the loop's call_soon would run
+            times[name].append(time.process_time() - t0)
+            await asyncio.sleep(0.002)
+    outbox._cflush = _cflush
     for transport in transports:
         transport.close()
     server.close()
@@ -210,6 +239,14 @@ def main() -> None:
         ["uvloop transport.write (the send, as tidings makes it)", send["transport.write"]],
         ["os.write on the same sockets (the system call alone)", send["os.write"]],
         [
+            "delivery: Hub.publish + Flusher pass, pure-Python flush (transport.write)",
+            send["python flush"],
+        ],
+        [
+            "delivery: Hub.publish + Flusher pass, compiled flush (send(2) from C)",
+            send.get("compiled flush", float("nan")),
+        ],
+        [
             f"Python: PUBLISH (pipelined x100, 200 B) to 1 of {args.channels:,} channels of 1 "
             "subscriber, the transport calls free",
             publish,
@@ -218,8 +255,9 @@ def main() -> None:
         ["of which RESP parsing of the PUBLISH", parse, pure[1]],
         ["the same PUBLISH, mean over the rounds (garbage collection included)", mean, pure[2]],
     ]
-    for row in rows[:3]:
-        row.append("")
+    for row in rows:
+        if len(row) == 2:
+            row.append("")
     print(md_table(["per delivery", "CPU us", "without C helpers (_cresp)"], rows))
 
 

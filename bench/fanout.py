@@ -12,10 +12,11 @@ Two ways to publish, from one publisher connection in its own process:
 - pipelined: --batch PUBLISH commands in one write, then their replies (the server can
   coalesce a batch into one write per subscriber).
 
-Servers: `tidings` and `redis` (RESP subscribers), and `tidings-ws`: a tidings daemon
+Servers: `tidings` and `redis` (RESP subscribers), `tidings-ws`: a tidings daemon
 whose subscribers are WebSocket clients (`GET /ws` upgrade and a subscribe message;
-the publisher still speaks RESP to it), the same run's RESP figure beside it; and
-`tidings-pure`: tidings with TIDINGS_PURE_PYTHON=1 (none of its optional C extensions).
+the publisher still speaks RESP to it), the same run's RESP figure beside it, and
+`tidings-py`: tidings with TIDINGS_PURE_PYTHON=1 (none of its C extensions: the pure-Python
+flush loop and RESP parser instead of the compiled ones).
 
 Payloads are --payload bytes (200). The subscribers are `loadgen.Fleet` processes
 (raw sockets, epoll, counting bytes: every frame has the same size). A run ends
@@ -25,7 +26,7 @@ subscriber processes and of the publisher are beside it: on 2 cores they share
 the machine, so read the server's CPU per delivery as well as the rate.
 
     .venv/bin/python bench/fanout.py [--subscribers 10000] [--profile DIR]
-        [--servers tidings,tidings-pure,tidings-ws,redis] [--topologies one,many]
+        [--servers tidings,tidings-py,tidings-ws,redis] [--topologies one,many]
         [--modes single,pipelined]
 """
 
@@ -242,12 +243,14 @@ def main() -> None:
                 hellos = [subscribe(channels[i % len(channels)]) for i in range(args.subscribers)]
                 server: Server
                 if name.startswith("tidings"):
-                    pure = {"TIDINGS_PURE_PYTHON": "1"} if name == "tidings-pure" else None
-                    server = Tidings(Path(tmp), http=ws, env=pure)
+                    server = Tidings(Path(tmp), http=ws, pure_python=name == "tidings-py")
                 else:
                     server = Redis(Path(tmp) / "redis")
                     versions["redis"] = server.version()
                 with server:
+                    if isinstance(server, Tidings):
+                        time.sleep(0.2)  # the line follows the listener's by a moment
+                        log(f"{name}: flush loop {server.flush_loop()}")
                     t0 = time.monotonic()
                     rss0 = server.rss()
                     port = server.http_port if isinstance(server, Tidings) and ws else server.port

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -307,9 +307,8 @@ class Tidings(Server):
         http_port: int | None = None,
         http: bool = False,
         extra: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
+        pure_python: bool = False,
     ) -> None:
-        """`env`: variables added to the daemon's environment (TIDINGS_PURE_PYTHON=1)."""
         super().__init__()
         #: the HTTP listener (WebSocket, /metrics): `http_port`, or a free one with `http`
         self.http_port = http_port or (free_port() if http else 0)
@@ -325,10 +324,10 @@ class Tidings(Server):
         self.command = cmd
         self.workers = workers
         self.logfile = logdir / f"tidings-{self.port}.log"
+        #: TIDINGS_PURE_PYTHON=1: the pure-Python flush loop instead of the compiled one
+        env = {**os.environ, "TIDINGS_PURE_PYTHON": "1" if pure_python else ""}
         with open(self.logfile, "ab") as out:
-            self.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-            )
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         wait_resp(self.port, proc=self.proc)
         if workers > 1:  # every worker listening, or the first would take every client
             deadline = time.monotonic() + 30
@@ -339,6 +338,13 @@ class Tidings(Server):
 
     def log_text(self) -> str:
         return self.logfile.read_text(errors="replace")
+
+    def flush_loop(self) -> str:
+        """Which flush loop the daemon runs, from its start-up log line."""
+        for line in self.log_text().splitlines():
+            if "flush loop: " in line:
+                return line.split("flush loop: ", 1)[1]
+        return "?"
 
     def metric(self, name: str) -> float:
         """The sum of a /metrics family's samples (all labels), e.g.

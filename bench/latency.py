@@ -10,6 +10,11 @@
 - PostgreSQL: the writer runs `SELECT pg_notify('ticks', payload)` (autocommit, asyncpg);
   listeners are raw protocol connections that sent LISTEN. One backend process each.
 
+`tidings-py` in --systems adds a second tidings daemon on the same MariaDB (its own
+replica server id) with TIDINGS_PURE_PYTHON=1: the pure-Python flush loop beside the
+compiled one, measured in the same run. While one daemon is measured the other has no
+subscribers but reads and decodes the same binlog.
+
 Every subscriber of every system is a connection of the same `loadgen.Fleet` (raw
 sockets, epoll, several processes): each message yields one sample per connection,
 receipt `time.time_ns()` minus the stamp (one machine, one clock). Scenarios are
@@ -329,20 +334,30 @@ def main() -> None:
         systems: list[System] = []
         # every server is up for the whole run; the repeats interleave the systems so that
         # the machine's slow moments (a shared VM stalls for tens of ms now and then) spread
-        if "tidings" in wanted:
-            db = stack.enter_context(PrivateMariaDB(base / "mariadb"))
-            db.sql("CREATE DATABASE bench")
-            db.sql(
-                "CREATE TABLE ticks (id BIGINT AUTO_INCREMENT PRIMARY KEY,"
-                " stamp VARCHAR(32) NOT NULL, pad VARCHAR(255) NOT NULL)",
-                "bench",
-            )
+        db: PrivateMariaDB | None = None
+        for name in ("tidings", "tidings-py"):
+            if name not in wanted:
+                continue
+            pure = name == "tidings-py"
+            if db is None:
+                db = stack.enter_context(PrivateMariaDB(base / "mariadb"))
+                db.sql("CREATE DATABASE bench")
+                db.sql(
+                    "CREATE TABLE ticks (id BIGINT AUTO_INCREMENT PRIMARY KEY,"
+                    " stamp VARCHAR(32) NOT NULL, pad VARCHAR(255) NOT NULL)",
+                    "bench",
+                )
             assert db.process is not None
-            tidings = stack.enter_context(Tidings(base, mysql=db.url()))
+            tidings = stack.enter_context(
+                Tidings(base, mysql=db.url(), server_id=4243 if pure else 4242, pure_python=pure)
+            )
             wait_pipeline(tidings.port, db)
+            log(f"{name}: flush loop {tidings.flush_loop()}")
             systems.append(
                 System(
-                    "tidings (MariaDB commit)",
+                    "tidings, pure-Python flush (MariaDB commit)"
+                    if pure
+                    else "tidings (MariaDB commit)",
                     tidings.pid,
                     db.process.pid,
                     "mysql",

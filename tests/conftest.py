@@ -71,3 +71,23 @@ def redis_server(tmp_path: Path) -> Iterator[int]:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.fixture(params=["compiled", "python"])
+def flush_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test over the compiled flush loop and over the pure-Python one.
+
+    The compiled one must be built (scripts/bootstrap does): a missing extension fails here
+    rather than passing the Python path off as the C one. It is used whatever
+    TIDINGS_PURE_PYTHON says, so both paths are tested in every run.
+    """
+    from tidings.wire import outbox
+
+    if request.param == "compiled":
+        from tidings.wire import _cflush
+
+        _cflush.bind(outbox.Outbox)
+        monkeypatch.setattr(outbox, "_cflush", _cflush)
+    else:
+        monkeypatch.setattr(outbox, "_cflush", None)
+    return str(request.param)

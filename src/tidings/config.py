@@ -465,15 +465,20 @@ def _scalar(value: Any) -> Any:
 
 
 #: settings that say the same thing two ways: a source setting one drops the other from
-#: TIDINGS_* variables that are not settings: read where they apply (TIDINGS_PURE_PYTHON=1:
-#: none of the optional C extensions, e.g. tidings.wire.resp)
-NOT_SETTINGS: Final = frozenset({"TIDINGS_PURE_PYTHON"})
 #: lower sources (TIDINGS_AUTH_SECRET_FILE overrides a file's auth_secret)
 _ALTERNATIVES: Final = {"auth_secret": "auth_secret_file", "auth_secret_file": "auth_secret"}
 
 
 def _defaults() -> dict[str, Any]:
     return {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
+
+
+#: variables with the settings' prefix that are not settings (read where they apply)
+NOT_SETTINGS = frozenset(
+    {
+        "TIDINGS_PURE_PYTHON",  # tidings.wire.outbox and .resp: pure Python, not the C parts
+    }
+)
 
 
 def load(

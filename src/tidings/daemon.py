@@ -53,6 +53,7 @@ from tidings.wire.access import Authority, Throttle
 from tidings.wire.http_server import HttpService, HttpSettings
 from tidings.wire.limits import Admission, Limits
 from tidings.wire.origins import Origins
+from tidings.wire.outbox import FLUSH_LOOP
 from tidings.wire.resp_server import RespService, RespSettings
 from tidings.wire.snapshot_stream import SnapshotService
 from tidings.wire.ws_session import WsService, WsSettings
@@ -307,6 +308,7 @@ class Daemon:
             "descriptor limit %d: room for about %d client connections; max_clients %d",
             capacity, room, self.admission.max_clients,
         )  # fmt: skip
+        log.info("flush loop: %s", FLUSH_LOOP)
         self.listening.set()
 
     def event_options(self) -> dict[str, Any]:

@@ -10,6 +10,10 @@ import pytest
 
 from tidings.wire.outbox import EARLY_FLUSH, Flusher, Outbox
 
+# every test on both flush loops: these transports have no socket, so the compiled loop
+# must hand each outbox to its Python flush and end up doing exactly what it does
+pytestmark = pytest.mark.usefixtures("flush_path")
+
 
 class FakeTransport(asyncio.Transport):
     """Records writes; `buffered` plays the transport's own write buffer."""

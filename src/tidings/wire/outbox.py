@@ -23,6 +23,15 @@ transport reports `pause_writing` (its buffer is above its high-water mark),
 the outbox stops handing it data and just queues, so the bound is measured in
 one place.
 
+Compiled flush. When the extension `tidings.wire._cflush` is built (setup.py) and
+`TIDINGS_PURE_PYTHON` is not set, the flush callback hands the dirty list to C, which sends
+each plain-TCP outbox's queue with one send(2) on the socket's descriptor, skipping the
+Python calls and the event loop's `transport.write`; only while the transport is not
+closing and holds nothing (checked right before each send), so bytes stay in order and a
+descriptor number is never written after the transport let it go. Every other case (TLS,
+paused, closed, a partial or failed send) goes through `Outbox.flush` below, as without
+the extension.
+
 Nothing here awaits: `write` is called synchronously from the hub's fan-out.
 """
 
@@ -30,10 +39,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 
-__all__ = ["EARLY_FLUSH", "Flusher", "Outbox", "OutboxStats", "open_outbox", "peer_name"]
+__all__ = [
+    "COMPILED",
+    "EARLY_FLUSH",
+    "FLUSH_LOOP",
+    "Flusher",
+    "Outbox",
+    "OutboxStats",
+    "open_outbox",
+    "peer_name",
+    "plain_socket_fd",
+]
 
 #: queue size at which an outbox writes to its transport without waiting for the flush callback
 EARLY_FLUSH = 64 * 1024
@@ -43,13 +65,31 @@ LINGER = 5.0
 log = logging.getLogger("tidings.wire.outbox")
 
 
+def _load_cflush() -> tuple[ModuleType | None, str]:
+    """The compiled flush loop, unless absent (no compiler at install) or switched off;
+    and which loop runs, in words for the start-up log."""
+    if os.environ.get("TIDINGS_PURE_PYTHON", "") not in ("", "0"):
+        return None, "pure Python (TIDINGS_PURE_PYTHON is set)"
+    try:
+        from tidings.wire import _cflush
+    except ImportError:
+        return None, "pure Python (the extension tidings.wire._cflush is not built)"
+    return _cflush, "compiled (plain TCP queues sent from C)"
+
+
+_cflush, FLUSH_LOOP = _load_cflush()
+#: whether `Flusher` sends plain-TCP queues from C (see the module docstring)
+COMPILED = _cflush is not None
+
+
 @dataclass(slots=True)
 class OutboxStats:
     """Counters shared by the outboxes of one `Flusher` (read by metrics)."""
 
     #: connections cut off because their output passed the limit
     slow_consumers_cut: int = 0
-    #: transport.write calls and the bytes they carried
+    #: writes to connections (transport.write, or a send(2) of the compiled flush) and the
+    #: bytes they carried
     writes: int = 0
     bytes_written: int = 0
     #: flush callbacks run (loop iterations that had output)
@@ -81,8 +121,15 @@ class Flusher:
 
     def _flush(self) -> None:
         self._scheduled = False
-        self.stats.flushes += 1
+        stats = self.stats
+        stats.flushes += 1
         dirty, self._dirty = self._dirty, []
+        if _cflush is not None:
+            # the C sends' counts; the outboxes it passes to Outbox.flush() count their own
+            writes, sent = _cflush.flush(dirty)
+            stats.writes += writes
+            stats.bytes_written += sent
+            return
         for box in dirty:
             box.flush()
 
@@ -116,6 +163,7 @@ class Outbox:
         "_chunks",
         "_dirty",
         "_early",
+        "_fd",
         "_linger",
         "_paused",
         "_size",
@@ -140,6 +188,7 @@ class Outbox:
         name: str = "",
         logger: logging.Logger = log,
         on_cut: Callable[[], None] | None = None,
+        fd: int = -1,
     ) -> None:
         self.transport = transport
         self.flusher = flusher
@@ -164,6 +213,8 @@ class Outbox:
         self._threshold = 0  # write() takes the slow path when the queue passes this
         self._early = max(1, min(EARLY_FLUSH, limit // 2))  # queue size that flushes at once
         self._update_threshold()
+        #: the transport's plain TCP socket, which the compiled flush may send to; -1: never
+        self._fd = fd
 
     @property
     def queued(self) -> int:
@@ -220,6 +271,14 @@ class Outbox:
         self._dirty = False
         if self._chunks and not self._paused and not self.closed:
             self._send()
+
+    def write_eof(self) -> None:
+        """Hand the queue over, then half-close the transport (OSError if the peer is gone).
+        From then on the transport refuses writes, and the compiled flush sends none: its
+        shutdown(2) may still be pending in the loop, so a send could land before the EOF."""
+        self.flush()
+        self._fd = -1
+        self.transport.write_eof()
 
     def _send(self) -> None:
         transport = self.transport
@@ -335,5 +394,53 @@ def open_outbox(
     if high < transport.get_write_buffer_limits()[1]:
         transport.set_write_buffer_limits(high=high)
     return Outbox(
-        transport, flusher, limit, farewell=farewell, name=name, logger=logger, on_cut=on_cut
+        transport,
+        flusher,
+        limit,
+        farewell=farewell,
+        name=name,
+        logger=logger,
+        on_cut=on_cut,
+        fd=plain_socket_fd(transport),
     )
+
+
+def _plain_transports() -> tuple[type, ...]:
+    """The transport classes that write their socket as is (no TLS layer in between)."""
+    import asyncio.selector_events as selector_events
+
+    # private names, not in the type stubs; a rename only turns the compiled path off
+    kinds: list[object] = [getattr(selector_events, "_SelectorSocketTransport", None)]
+    try:
+        import uvloop.loop
+
+        kinds += [
+            getattr(uvloop.loop, "TCPTransport", None),
+            getattr(uvloop.loop, "UnixTransport", None),
+        ]
+    except ImportError:
+        pass
+    return tuple(kind for kind in kinds if isinstance(kind, type))
+
+
+_PLAIN = _plain_transports()
+
+
+def plain_socket_fd(transport: asyncio.BaseTransport) -> int:
+    """The descriptor the compiled flush may send to for `transport`, or -1.
+
+    Only for the loops' own plain stream transports: a TLS transport reports its socket
+    too (get_extra_info("socket")), but bytes written there would bypass the encryption.
+    """
+    if _cflush is None or type(transport) not in _PLAIN:
+        return -1
+    if transport.get_extra_info("sslcontext") is not None:
+        return -1
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.type != socket.SOCK_STREAM:
+        return -1
+    return int(sock.fileno())
+
+
+if _cflush is not None:
+    _cflush.bind(Outbox)  # raises if the slots it uses changed: fix it, do not hide it

@@ -433,9 +433,8 @@ class WsConnection(asyncio.Protocol):
         if outbox.closed or outbox.paused or not transport.can_write_eof():
             outbox.close(self.settings.close_timeout)
             return
-        outbox.flush()
         try:
-            transport.write_eof()  # after what is buffered: the client sees the frame, then EOF
+            outbox.write_eof()  # after what is buffered: the client sees the frame, then EOF
         except OSError:  # the peer is gone already
             transport.abort()
             return
