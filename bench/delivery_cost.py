@@ -6,7 +6,8 @@ subscribers, as in bench/latency.py): the Python around the send, and the send i
    replaced by C builtins that do nothing (`list.append`, `bool`, `int`): what is left
    is the bookkeeping tidings adds around each system call. The same for the many-channel
    fan-out: a client's PUBLISHes, pipelined 100 to a write, each to one of N channels of
-   one subscriber (parsing, the command, the hub, the reply), and their parsing alone.
+   one subscriber (parsing, the command, the hub, the reply), and their parsing alone;
+   with the C helpers (tidings.wire._cresp) and without, side by side.
    And `Hub.publish` alone with history off and with history full (what eviction costs).
 2. The send: N loopback TCP connections (the readers drain them in another process);
    one round writes --size bytes to each, through uvloop's `transport.write`, and
@@ -111,10 +112,16 @@ def history_path(size: int, rounds: int) -> tuple[float, float]:
     return result[0], result[1]
 
 
-async def publish_path(channels: int, size: int, rounds: int) -> tuple[float, float]:
+async def publish_path(
+    channels: int, size: int, rounds: int, native: bool = True
+) -> tuple[float, float, float]:
     """Microseconds of CPU per PUBLISH to a channel of one subscriber, all of it and the
-    parsing alone, the transport calls free."""
+    parsing alone (medians), and all of it on average over the rounds (garbage collection
+    included), the transport calls free. `native=False`: without the C helpers
+    (tidings.wire._cresp: RESP parsing, history events out of the garbage collector)."""
     hub = Hub()
+    if not native:
+        hub.history._untrack = None
     service = RespService(hub, RespSettings(allow_publish=True))
     transports = []
     for i in range(channels):
@@ -126,13 +133,14 @@ async def publish_path(channels: int, size: int, rounds: int) -> tuple[float, fl
     publisher_transport = FreeTransport(channels)
     publisher = service.protocol()
     publisher.connection_made(publisher_transport)  # type: ignore[arg-type]
+    publisher.parser = RespParser(native=native)
     payload = b"x" * size
     blobs = [
         b"".join(resp_command(b"PUBLISH", b"c%d" % (i + k), payload) for k in range(100))
         for i in range(0, channels - 99, 100)
     ]
     whole, parsing = [], []
-    parser = RespParser()
+    parser = RespParser(native=native)
     for r in range(rounds):
         blob = blobs[r % len(blobs)]
         t0 = time.process_time()
@@ -148,7 +156,12 @@ async def publish_path(channels: int, size: int, rounds: int) -> tuple[float, fl
         if r % len(blobs) == len(blobs) - 1:
             for transport in transports:
                 transport.sink.clear()
-    return statistics.median(whole) * 1e4, statistics.median(parsing) * 1e4  # / 100 * 1e6
+    # / 100 * 1e6
+    return (
+        statistics.median(whole) * 1e4,
+        statistics.median(parsing) * 1e4,
+        sum(whole) / rounds * 1e4,
+    )
 
 
 def _drain(port: int, subscribers: int) -> None:
@@ -236,7 +249,8 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=10_000, help="many-channel case")
     args = parser.parse_args()
     python = uvloop.run(python_path(args.subscribers, args.size, args.rounds))
-    publish, parse = uvloop.run(publish_path(args.channels, 200, args.rounds * 10))
+    publish, parse, mean = uvloop.run(publish_path(args.channels, 200, args.rounds * 10))
+    pure = uvloop.run(publish_path(args.channels, 200, args.rounds * 10, native=False))
     send = uvloop.run(sends(args.subscribers, args.size, args.rounds))
     no_history, full_history = history_path(args.size, args.rounds)
     print(f"\n{machine()}; {args.subscribers:,} subscribers, {args.size} B, median of "
@@ -257,15 +271,20 @@ def main() -> None:
             f"Python: PUBLISH (pipelined x100, 200 B) to 1 of {args.channels:,} channels of 1 "
             "subscriber, the transport calls free",
             publish,
+            pure[0],
         ],
-        ["of which RESP parsing of the PUBLISH", parse],
+        ["of which RESP parsing of the PUBLISH", parse, pure[1]],
+        ["the same PUBLISH, mean over the rounds (garbage collection included)", mean, pure[2]],
         ["Python: Hub.publish, no subscriber, history off", no_history],
         [
             "Python: Hub.publish, no subscriber, history full (600: each publish evicts one)",
             full_history,
         ],
     ]
-    print(md_table(["per delivery", "CPU us"], rows))
+    for row in rows:
+        if len(row) == 2:
+            row.append("")
+    print(md_table(["per delivery", "CPU us", "without C helpers (_cresp)"], rows))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ Two ways to publish, from one publisher connection in its own process:
 Servers: `tidings` and `redis` (RESP subscribers), `tidings-ws`: a tidings daemon
 whose subscribers are WebSocket clients (`GET /ws` upgrade and a subscribe message;
 the publisher still speaks RESP to it), the same run's RESP figure beside it, and
-`tidings-py`: tidings with TIDINGS_PURE_PYTHON=1 (the pure-Python flush loop instead of
-the compiled one).
+`tidings-py`: tidings with TIDINGS_PURE_PYTHON=1 (none of its C extensions: the pure-Python
+flush loop and RESP parser instead of the compiled ones).
 
 Payloads are --payload bytes (200). The subscribers are `loadgen.Fleet` processes
 (raw sockets, epoll, counting bytes: every frame has the same size). A run ends

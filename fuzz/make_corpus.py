@@ -54,6 +54,17 @@ def resp() -> Iterator[bytes]:
     yield b"\x05" + encode_command("PUBLISH", "jobs", b"\x00\xff" * 40) + b"*2\r\n$4\r\nPING"
 
 
+def resp_c() -> Iterator[bytes]:
+    # a limits byte (fuzz/resp_c.py's LIMITS), then as resp
+    for i, seed in enumerate(resp()):
+        yield bytes([i % 4]) + seed
+    publish = b"".join(encode_command("PUBLISH", f"c{i}", b"x" * 200) for i in range(30))
+    yield b"\x03\x00" + publish
+    yield b"\x00\x07" + publish[:4000]
+    yield b"\x01\x03" + encode_command("PING", "x" * 16) + encode_command("A", "b", "c", "d")
+    yield b"\x02\x00*1\r\n$0\r\n\r\n*1\r\n$1\r\nx\r\n*2\r\n$0\r\n\r\n"
+
+
 def http() -> Iterator[bytes]:
     yield b"\x00GET /sse?channel=shop.orders&since=5 HTTP/1.1\r\nHost: x\r\n\r\n"
     yield (
@@ -270,6 +281,7 @@ def token() -> Iterator[bytes]:
 
 SEEDS = {
     "resp": resp,
+    "resp_c": resp_c,
     "http": http,
     "websocket": websocket,
     "ws_message": ws_message,

@@ -499,7 +499,7 @@ def _defaults() -> dict[str, Any]:
 #: variables with the settings' prefix that are not settings (read where they apply)
 NOT_SETTINGS = frozenset(
     {
-        "TIDINGS_PURE_PYTHON",  # tidings.wire.outbox: the pure-Python flush loop, not the C one
+        "TIDINGS_PURE_PYTHON",  # tidings.wire.outbox and .resp: pure Python, not the C parts
     }
 )
 

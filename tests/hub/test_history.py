@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.native import require_native
 from tidings.event import Event
 from tidings.hub import Hub
 from tidings.hub.history import EVENT_OVERHEAD, History, HistoryLimits, event_size
@@ -217,3 +218,29 @@ def test_history_matches_the_model_and_gaps_are_exact(
         assert (h.lost_upto(channel, next_id) > since) == bool(lost_after)
         if lost_after:
             assert h.lost_upto(channel, next_id) == max(lost_after)
+
+
+def test_retained_events_are_left_out_of_garbage_collection() -> None:
+    # with the C helpers built (tests/wire/test_resp_c.py requires them): a full collection
+    # must not scan the retained events, and they are still there and intact after one
+    require_native()
+    h = History()
+    events = [Event(i, "c", b"x", {"id": i}) for i in range(1, 1001)]
+    assert all(gc.is_tracked(e) for e in events)
+    for e in events:
+        h.append(e)
+    assert not any(gc.is_tracked(e) for e in events)
+    gc.collect()
+    assert [e.id for e in h.after(0)] == list(range(1, 1001))
+    assert all(e.record is None and e.body == b"x" for e in h.after(0))
+    restored = History()
+    restored.restore(*h.export())
+    assert not any(gc.is_tracked(e) for e in restored.after(0))
+
+
+def test_without_the_c_helpers_events_stay_tracked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIDINGS_PURE_PYTHON", "1")
+    h = History()
+    event = ev(1)
+    h.append(event)
+    assert gc.is_tracked(event)

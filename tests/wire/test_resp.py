@@ -11,6 +11,9 @@ from hypothesis import strategies as st
 from tidings.wire import resp
 from tidings.wire.resp import ProtocolError, RespParser, encode_command, split_inline
 
+# every test here runs twice: RespParser with its C fast path and without (conftest.py)
+pytestmark = pytest.mark.usefixtures("resp_parser_kind")
+
 
 def parse_all(data: bytes, parser: RespParser | None = None) -> list[list[bytes]]:
     parser = parser or RespParser()

@@ -27,6 +27,9 @@ from tidings.sandbox import free_port
 from tidings.wire.resp import encode_command as c
 from tidings.wire.resp_server import RespService, RespSettings
 
+# each case twice: the server's parser with its C fast path and without (conftest.py)
+pytestmark = pytest.mark.usefixtures("resp_parser_kind")
+
 TIMEOUT = 10.0
 
 
@@ -286,7 +289,11 @@ CASES = {
     + c("CLIENT", "GETNAME")
     + c("PING")
     + c("PUBSUB", "NUMSUB", "a"),
-    "publish": c("PUBLISH", "nobody", "x") + c("PUBSUB", "NUMSUB") + c("PUBSUB", "CHANNELS"),
+    "publish": c("PUBLISH", "nobody", "x")
+    + c("pUbLiSh", "nobody", "y")  # the server's PUBLISH fast path, any case
+    + c("PUBLISH", "nobody", "x", "z")
+    + c("PUBSUB", "NUMSUB")
+    + c("PUBSUB", "CHANNELS"),
     "quit-with-args": c("QUIT", "x") + c("PING"),
     "auth": c("AUTH", "x") + c("AUTH", "a", "b", "c"),
     "inline": b'ECHO "a\\x41b\\n"\r\n'

@@ -26,6 +26,13 @@ oldest are forgotten and `forgotten_upto` rises to cover them. A channel with no
 log answers with `forgotten_upto`: a resume may then get a gap it did not
 strictly need, never a silent skip.
 
+Garbage collection. Retained events are taken out of the cyclic garbage
+collector's lists when the C helpers are built (tidings.wire._cresp.untrack): an
+event holds only its id, channel, body, a dict of encoded frames and a decoded
+record (dropped here), none of which can lead back to it, so it is never part of
+a cycle. Tracked, the up to 200,000 events kept made every full collection scan
+them (tens of ms, every few tens of thousands of events) and set it off sooner.
+
 Memory. `size` counts, per event, its body twice (the body and one encoded
 wire frame, the common case) plus the channel name and `EVENT_OVERHEAD` for
 the objects around them. Stored events drop their decoded `record` (a dict
@@ -35,7 +42,8 @@ costs several times its JSON); a filter replaying history re-reads the body.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -117,6 +125,17 @@ class HistoryState:
     appended: dict[str, int]
 
 
+def _untracker() -> Callable[[object], None] | None:
+    """tidings.wire._cresp.untrack, unless not built or TIDINGS_PURE_PYTHON=1."""
+    if os.environ.get("TIDINGS_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:  # imported when a History is made: tidings.wire imports the hub
+        from tidings.wire._cresp import untrack
+    except ImportError:
+        return None
+    return untrack
+
+
 class ChannelLog:
     """One channel's retained events (a list with a head index) and what it has lost."""
 
@@ -155,6 +174,7 @@ class History:
         "_events",
         "_head",
         "_log",
+        "_untrack",
         "channels",
         "count",
         "evicted_max",
@@ -174,6 +194,7 @@ class History:
         self._bytes = limits.bytes
         self._channel_events = limits.channel_events
         self._channel_bytes = limits.channel_bytes
+        self._untrack = _untracker()  # see "Garbage collection" in the module docstring
         self._log: list[Event] = []
         self._head = 0
         self._dead = 0  # entries in _log[_head:] already evicted from their channel
@@ -216,6 +237,8 @@ class History:
         self._log.append(event)
         self.count += 1
         self.size += size
+        if self._untrack is not None:
+            self._untrack(event)
         if log.count > self._channel_events or log.size > self._channel_bytes:
             self._trim_channel(channel, log)
         if self.count > self._events or self.size > self._bytes:
@@ -317,6 +340,8 @@ class History:
             self._log.append(event)
             self.count += 1
             self.size += size
+            if self._untrack is not None:
+                self._untrack(event)
         for name, appended in state.appended.items():
             self.channels[name].appended = appended
         self._empty = dict.fromkeys(state.empty)

@@ -172,7 +172,9 @@ class Hub:
         client's reference (tidings.source.notify); only a hub that feeds other
         hubs uses it (tidings.feed.FeedHub), so that the one holding the client replies.
         """
-        event = Event(self._take_id(), channel, body)
+        event_id = self.next_id  # _take_id(), inlined: once per client PUBLISH
+        self.next_id = event_id + 1
+        event = Event(event_id, channel, body)
         receivers = self.dispatch(event) if live else 0
         self.history.append(event)
         return receivers

@@ -287,7 +287,9 @@ class Outbox:
             return
         chunks = self._chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self._chunks = []
+        # the same list again: a new one per send outlives the garbage collector's young
+        # generations (it waits for the connection's next send) and sets off full collections
+        chunks.clear()
         self._size = 0
         transport.write(data)
         backlog = transport.get_write_buffer_size()

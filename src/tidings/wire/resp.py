@@ -19,17 +19,26 @@ bulk strings by `max_bulk`, argument counts by `max_args` and one request in
 total by `max_query`, so a client can never make the parser buffer more than
 about `max_query + max_inline` bytes plus one read.
 
+The common request, a complete multibulk array of plain `$`-bulks, is parsed in
+C when the optional extension `tidings.wire._cresp` is built (setup.py) and
+TIDINGS_PURE_PYTHON=1 is not set: it takes only what this code takes, with the
+same result, and hands everything else (inline, incomplete, malformed, unusual)
+back to the Python code here, which keeps every error text and limit.
+
 The encoders at the bottom build replies. RESP3 only changes a few type
 markers (push `>`, map `%`, null `_`), so each takes a `resp3` flag.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Final
 
 __all__ = [
     "CRLF",
+    "NATIVE",
     "ProtocolError",
     "RespParser",
     "array",
@@ -50,6 +59,24 @@ CRLF = b"\r\n"
 # redis string2ll: optional minus, no leading zeros, no sign or spaces; fits a long long
 _INTEGER = re.compile(rb"-?[1-9][0-9]{0,18}|0")
 _LLONG_MAX = (1 << 63) - 1
+
+
+#: parse(buf, pos, max_args, max_bulk, max_inline, max_query) -> (args, new_pos) | None
+NativeParse = Callable[[bytearray, int, int, int, int, int], "tuple[list[bytes], int] | None"]
+
+
+def _native() -> NativeParse | None:
+    if os.environ.get("TIDINGS_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from tidings.wire._cresp import parse
+    except ImportError:  # not built (no compiler at install time): pure Python
+        return None
+    return parse
+
+
+#: the C fast path of `RespParser`, None when not built or TIDINGS_PURE_PYTHON=1
+NATIVE: Final = _native()
 
 
 class ProtocolError(Exception):
@@ -79,6 +106,7 @@ class RespParser:
         "_broken",
         "_buf",
         "_bulk",
+        "_native",
         "_pos",
         "_remaining",
         "_size",
@@ -95,7 +123,9 @@ class RespParser:
         max_args: int = 1 << 16,
         max_inline: int = 64 * 1024,
         max_query: int = 4 << 20,
+        native: bool = True,
     ) -> None:
+        """`native=False`: never the C fast path (tests compare the two)."""
         self.max_bulk = max_bulk
         self.max_args = max_args
         self.max_inline = max_inline
@@ -107,6 +137,7 @@ class RespParser:
         self._bulk = -1  # length of the bulk being read, -1 while its header is pending
         self._size = 0  # bytes of the current request so far, for max_query
         self._broken: ProtocolError | None = None
+        self._native = NATIVE if native else None
 
     @property
     def mid_command(self) -> bool:
@@ -124,6 +155,14 @@ class RespParser:
 
         Raises ProtocolError on malformed input, and again on every later call.
         """
+        native = self._native
+        if native is not None and self._remaining == 0 and self._broken is None:
+            found = native(
+                self._buf, self._pos, self.max_args, self.max_bulk, self.max_inline, self.max_query
+            )
+            if found is not None:
+                command, self._pos = found
+                return command
         if self._broken is not None:
             raise self._broken
         try:

@@ -158,12 +158,28 @@ def _message(head: bytes, event: Event) -> bytes:
     return b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (head, len(name), name, len(body), body)
 
 
+# message_resp2/3 run once per event (per subscriber with many channels of one): one
+# formatting, no helper calls in the common case
 def message_resp2(event: Event) -> bytes:
-    return _message(b"*3\r\n$7\r\nmessage\r\n", event)
+    try:
+        name = event.channel.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return _message(b"*3\r\n$7\r\nmessage\r\n", event)
+    body = event.body
+    return b"*3\r\n$7\r\nmessage\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+        len(name), name, len(body), body
+    )  # fmt: skip
 
 
 def message_resp3(event: Event) -> bytes:
-    return _message(b">3\r\n$7\r\nmessage\r\n", event)
+    try:
+        name = event.channel.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return _message(b">3\r\n$7\r\nmessage\r\n", event)
+    body = event.body
+    return b">3\r\n$7\r\nmessage\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+        len(name), name, len(body), body
+    )  # fmt: skip
 
 
 def pmessage(event: Event, pattern: str, resp3: bool) -> bytes:
@@ -301,9 +317,10 @@ class RespConnection(asyncio.Protocol):
     def deliver(self, event: Event, pattern: str | None) -> None:
         if pattern is None:
             # Event.frame() inlined: this line runs once per subscriber per event
-            data = event.frames.get(self._message_key)
+            frames = event.frames
+            data = frames.get(self._message_key)
             if data is None:
-                data = event.frame(self._message_key, self._message_encode)
+                data = frames[self._message_key] = self._message_encode(event)
             self._write(data)
             return
         key = (self._pmessage_key, pattern)
@@ -529,6 +546,16 @@ class RespConnection(asyncio.Protocol):
     # -- commands ----------------------------------------------------------------------------
     def execute(self, args: list[bytes]) -> None:
         name = args[0].lower()
+        if (
+            name == b"publish"
+            and len(args) == 3
+            and self.service.auth is None
+            and (self.resp3 or not (self.channels or self.patterns))
+        ):
+            # what the table would do for a well-formed PUBLISH without auth, outside
+            # RESP2 subscribed mode: straight to the handler (the many-channel hot path)
+            self.cmd_publish(args)
+            return
         cmd = COMMANDS.get(name)
         if cmd is None:
             if name == b"quit":  # redis handles QUIT before the table: any arguments go
@@ -980,7 +1007,7 @@ class RespConnection(asyncio.Protocol):
             return
         publisher = self.service.publisher
         if publisher is None:  # no database: ids live in memory, publish at once
-            self.reply(resp.integer(self.hub.publish(channel, args[2])))
+            self._write(b":%d\r\n" % self.hub.publish(channel, args[2]))  # resp.integer
             return
         # through the database (or the process that gives ids, with --workers), so the
         # message's id comes from where every other does. PUBLISHes pipelined behind it go
