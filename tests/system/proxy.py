@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 
 
 class Proxy:
-    def __init__(self, upstream: tuple[str, int]) -> None:
+    def __init__(self, upstream: tuple[str, int], *, upstream_rcvbuf: int = 0) -> None:
         self.upstream = upstream
+        #: SO_RCVBUF of the proxy's sockets to upstream (0: the kernel's autotuning), so a
+        #: cut backs up into the upstream server after a known amount, not tens of MB
+        self.upstream_rcvbuf = upstream_rcvbuf
         self._open = asyncio.Event()
         self._open.set()
         self._server: asyncio.Server | None = None
@@ -53,6 +57,9 @@ class Proxy:
         except OSError:
             writer.transport.abort()
             return
+        if self.upstream_rcvbuf:
+            sock = up_writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.upstream_rcvbuf)
         self._writers |= {writer, up_writer}
         try:
             await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))

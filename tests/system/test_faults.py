@@ -4,11 +4,22 @@ mid-write. In each, every row reaches every remaining subscriber exactly once, i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import json
 import socket
 import struct
 
-from tests.system.daemons import receive, start_daemon, stop_daemon, subscriber, wait_for
+import redis.asyncio as aioredis
+
+from tests.system.daemons import (
+    assert_silent,
+    receive,
+    start_daemon,
+    stop_daemon,
+    subscriber,
+    wait_for,
+)
 from tests.system.proxy import Proxy
 from tests.system.test_sse import http_get
 from tidings.sandbox import PrivateMariaDB
@@ -104,3 +115,71 @@ async def test_subscribers_vanishing_mid_write_disturb_nobody_else(
         assert daemon.admission.open == 0 and daemon.admission.by_host == {}
     finally:
         await stop_daemon(daemon)
+
+
+async def test_a_subscriber_behind_a_silently_cut_network_is_cut_off_and_resumes(
+    mariadb: PrivateMariaDB, replica_server_id: int
+) -> None:
+    """The network between the daemon and one subscriber goes silent (no FIN, no RST):
+    its output backs up through the kernel's buffers into the daemon, which cuts it off at
+    `output_limit` while the others get every row; once the network is back the
+    subscriber resumes from its last id and has every row exactly once."""
+    db = f"faults{next(_dbs)}"
+    mariadb.sql(f"CREATE DATABASE {db}; CREATE TABLE {db}.t (n INT PRIMARY KEY, v TEXT)")
+    channel = f"{db}.t"
+    daemon = await start_daemon(mariadb, replica_server_id)  # output_limit 1 MiB
+    assert daemon.resp_address is not None and daemon.resp is not None
+    proxy = await Proxy(daemon.resp_address, upstream_rcvbuf=64 * 1024).start()
+    host, port = proxy.address
+    # about 17 MB of events, more than the daemon's send buffer (at most tcp_wmem's 4 MB),
+    # the proxy's 64 KiB and the limit hold; paced, so the live subscriber keeps up
+    rows, per_txn = 8000, 100
+    try:
+        stayer = await subscriber(daemon, channel)
+        remote = aioredis.Redis(host=host, port=port).pubsub()
+        await remote.subscribe(channel)
+        assert (await remote.get_message(timeout=5) or {}).get("type") == "subscribe"
+        mariadb.sql(f"INSERT INTO {db}.t VALUES (1, 'before')")
+        seen = await receive(remote, 1)
+        assert [e["data"]["n"] for e in await receive(stayer, 1)] == [1]
+
+        proxy.cut()
+        stats = daemon.resp.flusher.stats
+        cut_before = stats.slow_consumers_cut
+        receiving = asyncio.ensure_future(receive(stayer, rows, timeout=120))
+        for a in range(2, rows + 2, per_txn):
+            await asyncio.to_thread(
+                mariadb.sql,
+                f"INSERT INTO {db}.t SELECT seq, REPEAT('x', 2000) "
+                f"FROM seq_{a}_to_{a + per_txn - 1}",
+                db,  # the sequence engine needs a selected database
+            )
+            await asyncio.sleep(0.02)
+        expected = list(range(1, rows + 2))
+        got = [e["data"]["n"] for e in await receiving]
+        assert got == expected[1:]  # the live subscriber was never held back
+        await wait_for(lambda: stats.slow_consumers_cut > cut_before, timeout=30,
+                       what="the silent subscriber cut off")  # fmt: skip
+        assert daemon.hub.subscriber_count(channel) == 1
+
+        proxy.restore()
+        # what the network held arrives, then the daemon's close: the client notices
+        with contextlib.suppress(ConnectionError, aioredis.ConnectionError, aioredis.ResponseError):
+            while message := await remote.get_message(timeout=5):
+                if message["type"] == "message":
+                    seen.append(json.loads(message["data"]))
+        await remote.aclose()
+        resumed = aioredis.Redis(host=host, port=port).pubsub()
+        await resumed.execute_command("TIDINGS.SUBSCRIBE", seen[-1]["id"], channel)
+        left = len(expected) - len(seen)
+        assert left > 0  # it was really cut off short of the end
+        seen += await receive(resumed, left, timeout=60)
+        assert [e["data"]["n"] for e in seen] == expected  # each row once, in order
+        ids = [e["id"] for e in seen]
+        assert ids == sorted(set(ids))
+        await assert_silent(resumed)
+        await resumed.aclose()
+        await stayer.aclose()
+    finally:
+        await stop_daemon(daemon)
+        await proxy.close()
