@@ -158,28 +158,25 @@ def _message(head: bytes, event: Event) -> bytes:
     return b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (head, len(name), name, len(body), body)
 
 
-# message_resp2/3 run once per event (per subscriber with many channels of one): one
-# formatting, no helper calls in the common case
-def message_resp2(event: Event) -> bytes:
-    try:
-        name = event.channel.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return _message(b"*3\r\n$7\r\nmessage\r\n", event)
-    body = event.body
-    return b"*3\r\n$7\r\nmessage\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
-        len(name), name, len(body), body
-    )  # fmt: skip
+def _message_encoder(head: bytes) -> Callable[[Event], bytes]:
+    """The `message` frame encoder for one push header. It runs once per event (per
+    subscriber with many channels of one each): one formatting, no helper call unless the
+    channel name holds a lone surrogate."""
+    template = head + b"$%d\r\n%b\r\n$%d\r\n%b\r\n"
+
+    def encode(event: Event) -> bytes:
+        try:
+            name = event.channel.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return _message(head, event)
+        body = event.body
+        return template % (len(name), name, len(body), body)
+
+    return encode
 
 
-def message_resp3(event: Event) -> bytes:
-    try:
-        name = event.channel.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return _message(b">3\r\n$7\r\nmessage\r\n", event)
-    body = event.body
-    return b">3\r\n$7\r\nmessage\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
-        len(name), name, len(body), body
-    )  # fmt: skip
+message_resp2 = _message_encoder(b"*3\r\n$7\r\nmessage\r\n")
+message_resp3 = _message_encoder(b">3\r\n$7\r\nmessage\r\n")
 
 
 def pmessage(event: Event, pattern: str, resp3: bool) -> bytes:
