@@ -23,6 +23,7 @@ import resource
 import signal
 import time
 from collections.abc import Callable
+from ssl import SSLContext
 from typing import Any
 
 from tidings import memory, reload
@@ -277,35 +278,15 @@ class Daemon:
         if cap is not None and cap < s.backlog:
             log.info("listen backlog %d is capped by the kernel at net.core.somaxconn = %d",
                      s.backlog, cap)  # fmt: skip
-        reuse_port = self.reuse_port
         tls = self.tls
-        timeout = s.tls_handshake_timeout
         if self.resp is not None:
-            host, port = parse_hostport(s.resp)
             context = tls.context() if tls and s.tls_for("resp") else None
-            server = await self.resp.start(
-                host,
-                port,
-                backlog=s.backlog,
-                ssl=context,
-                ssl_handshake_timeout=timeout,
-                reuse_port=reuse_port,
-            )
-            self.resp_address = server.sockets[0].getsockname()[:2]
+            self.resp_address = await self._listen(self.resp, s.resp, context)
             log.info("RESP (Redis pub/sub protocol%s) on %s:%d", ", TLS" if context else "",
                      *self.resp_address)  # fmt: skip
         if self.http is not None:
-            host, port = parse_hostport(s.http)
             context = tls.context(alpn=["http/1.1"]) if tls and s.tls_for("http") else None
-            server = await self.http.start(
-                host,
-                port,
-                backlog=s.backlog,
-                ssl=context,
-                ssl_handshake_timeout=timeout,
-                reuse_port=reuse_port,
-            )
-            self.http_address = server.sockets[0].getsockname()[:2]
+            self.http_address = await self._listen(self.http, s.http, context)
             log.info("HTTP (SSE, WebSocket, API) on %s://%s:%d/", "https" if context else "http",
                      *self.http_address)  # fmt: skip
             if self.http.auth is not None:
@@ -327,6 +308,23 @@ class Daemon:
         )  # fmt: skip
         log.info("flush loop: %s", FLUSH_LOOP)
         self.listening.set()
+
+    async def _listen(
+        self, service: RespService | HttpService, address: str, context: SSLContext | None
+    ) -> tuple[str, int]:
+        """Open one listener with the settings every listener shares; its bound address."""
+        s = self.settings
+        host, port = parse_hostport(address)
+        server = await service.start(
+            host,
+            port,
+            backlog=s.backlog,
+            ssl=context,
+            ssl_handshake_timeout=s.tls_handshake_timeout,
+            reuse_port=self.reuse_port,
+        )
+        bound: tuple[str, int] = server.sockets[0].getsockname()[:2]
+        return bound
 
     def event_options(self) -> dict[str, Any]:
         """The settings that decide which events the binlog gives (kept in the checkpoint)."""
