@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from tidings.auth import check_secret
 from tidings.hub import history as _history
+from tidings.native import PURE_PYTHON_ENV
 from tidings.wire import limits as _limits
 from tidings.wire.origins import Origins, OriginsError
 
@@ -499,7 +500,7 @@ def _defaults() -> dict[str, Any]:
 #: variables with the settings' prefix that are not settings (read where they apply)
 NOT_SETTINGS = frozenset(
     {
-        "TIDINGS_PURE_PYTHON",  # tidings.wire.outbox and .resp: pure Python, not the C parts
+        PURE_PYTHON_ENV,  # tidings.native: pure Python, not the C parts
     }
 )
 

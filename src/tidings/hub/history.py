@@ -42,12 +42,12 @@ costs several times its JSON); a filter replaying history re-reads the body.
 from __future__ import annotations
 
 import bisect
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
 from tidings.event import Event
+from tidings.native import pure_python
 
 __all__ = [
     "EVENT_OVERHEAD",
@@ -127,7 +127,7 @@ class HistoryState:
 
 def _untracker() -> Callable[[object], None] | None:
     """tidings.wire._cresp.untrack, unless not built or TIDINGS_PURE_PYTHON=1."""
-    if os.environ.get("TIDINGS_PURE_PYTHON", "") not in ("", "0"):
+    if pure_python():
         return None
     try:  # imported when a History is made: tidings.wire imports the hub
         from tidings.wire._cresp import untrack

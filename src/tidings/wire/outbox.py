@@ -39,11 +39,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
+
+from tidings.native import pure_python
 
 __all__ = [
     "COMPILED",
@@ -68,7 +69,7 @@ log = logging.getLogger("tidings.wire.outbox")
 def _load_cflush() -> tuple[ModuleType | None, str]:
     """The compiled flush loop, unless absent (no compiler at install) or switched off;
     and which loop runs, in words for the start-up log."""
-    if os.environ.get("TIDINGS_PURE_PYTHON", "") not in ("", "0"):
+    if pure_python():
         return None, "pure Python (TIDINGS_PURE_PYTHON is set)"
     try:
         from tidings.wire import _cflush

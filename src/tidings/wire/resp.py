@@ -31,10 +31,11 @@ markers (push `>`, map `%`, null `_`), so each takes a `resp3` flag.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Sequence
 from typing import Final
+
+from tidings.native import pure_python
 
 __all__ = [
     "CRLF",
@@ -66,7 +67,7 @@ NativeParse = Callable[[bytearray, int, int, int, int, int], "tuple[list[bytes],
 
 
 def _native() -> NativeParse | None:
-    if os.environ.get("TIDINGS_PURE_PYTHON", "") not in ("", "0"):
+    if pure_python():
         return None
     try:
         from tidings.wire._cresp import parse
